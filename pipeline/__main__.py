@@ -1,0 +1,93 @@
+"""Command line: `python -m pipeline --help`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from pipeline.errors import ConfigError, PipelineError
+
+
+def parse_sets(items: list[str]) -> dict:
+    """Turns ["finetune.epochs=1", "name=x"] into nested overrides; values are YAML scalars."""
+    overrides: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.epochs=1")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value else ""
+    return overrides
+
+
+def cmd_run(args) -> None:
+    from pipeline.runner import run
+
+    folder = run(args.config, parse_sets(args.set))
+    print(f"Run finished: {folder}")
+
+
+def cmd_finetune(args) -> None:
+    from pipeline.config import load_config
+    from pipeline.finetune import finetune
+    from pipeline.report import write_metrics
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    run_dir = args.run_dir or str(cfg.run_dir)
+    result = finetune(cfg, run_dir)
+    write_metrics(run_dir, "finetune", result.metrics)
+    m = result.metrics
+    print(f"validation perplexity {m['before']['val_perplexity']:.2f} -> "
+          f"{m['after']['val_perplexity']:.2f}; preset: {result.preset_dir}")
+
+
+def cmd_build_base(args) -> None:
+    from pipeline.base import embedded_preset
+
+    print(embedded_preset())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Fine-tune GPT-2 from a keras-hub preset on your own text and take it to a phone.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p, required=True):
+        p.add_argument("config", nargs=None if required else "?",
+                       help="YAML file of overrides (see README: Config reference)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one setting, e.g. --set finetune.epochs=1 (repeatable)")
+        return p
+
+    p = with_config(sub.add_parser("run", help="run the stage notebooks with papermill into "
+                                               "<output_dir>/<name>/"))
+    p.set_defaults(func=cmd_run)
+    p = with_config(sub.add_parser("finetune", help="run the fine-tuning stage directly"),
+                    required=False)
+    p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
+    p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("build-base", help="build (or find in the cache) the embedded base preset "
+                                          "and print its folder")
+    p.set_defaults(func=cmd_build_base)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Typed run configuration: frozen dataclasses hold every default, YAML holds overrides.
+
+A YAML config mirrors `RunConfig`: top-level keys `name`, `output_dir` and one mapping per
+section (`model`, `data`, `finetune`, `eval`). Unknown keys, wrong types and bad YAML are
+rejected with the file and the key named.
+
+Example:
+    >>> cfg = load_config(None, {"finetune": {"epochs": 1}})
+    >>> cfg.finetune.epochs
+    1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "embedded" (small GPT-2 built here, offline) | a keras-hub preset name such as
+    # "gpt2_base_en" | "hf://org/name" | "kaggle://owner/model/keras/variant" | a local preset folder
+    preset: str = "embedded"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "configs/data/kitchen_notes.txt"  # a .txt/.jsonl/.csv file, a folder, or a glob
+    format: str = "auto"  # auto | txt | jsonl | csv  (auto: from each file's extension)
+    txt_mode: str = "auto"  # auto | line | paragraph  (auto: paragraph if the file has blank lines)
+    field: str = "text"  # the JSONL field or CSV column that holds the text
+    min_chars: int = 1  # examples shorter than this (after stripping) are dropped
+    validation_fraction: float = 0.1  # share of examples held out, in (0, 1)
+    seed: int = 1234  # seed of the train/validation split
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    sequence_length: int = 192  # tokens per example incl. start/end token; <= the model's limit
+    batch_size: int = 16
+    epochs: int = 6
+    max_steps: int = 0  # 0 = no limit; else stop after this many optimizer steps
+    learning_rate: float = 1e-3  # peak learning rate of AdamW
+    warmup_fraction: float = 0.1  # share of steps with linear warm-up, then cosine decay
+    weight_decay: float = 0.01
+    lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
+    mixed_precision: bool = False  # mixed_float16 (GPU only; ignored with a warning on CPU)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    prompts: tuple[str, ...] = (
+        "Tomato soup.",
+        "Honey oat bread.",
+        "Roast carrots with",
+    )
+    max_length: int = 64  # tokens of prompt + generation
+    top_k: int = 10  # sampler for the "sampled" generations
+    temperature: float = 0.8
+    batch_size: int = 32  # batch size when computing validation loss
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"  # run folder: <output_dir>/<name>
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, where: str):
+    """Returns `value` checked against the annotation `tp`, or raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _apply(obj, overrides: dict, where: str):
+    """Returns a copy of dataclass `obj` with `overrides` applied, recursing into sections."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {overrides!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {}
+    for key, value in overrides.items():
+        key_where = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+        if key not in names:
+            raise ConfigError(f"{key_where}: unknown key (known keys: {', '.join(names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _apply(current, value, key_where)
+        else:
+            changes[key] = _coerce(value, hints[key], key_where)
+    return dataclasses.replace(obj, **changes)
+
+
+def read_yaml(path) -> dict:
+    """Returns the mapping in a YAML file; an empty file is an empty mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(path=None, overrides: dict | None = None) -> RunConfig:
+    """Returns the defaults, updated by the YAML file at `path`, then by `overrides`."""
+    cfg = RunConfig()
+    if path:
+        cfg = _apply(cfg, read_yaml(path), f"{path}:")
+    if overrides:
+        cfg = _apply(cfg, overrides, "overrides:")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raises ConfigError for values that have the right type but an impossible value."""
+    d, f, e = cfg.data, cfg.finetune, cfg.eval
+    checks = [
+        (bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
+         f"name: {cfg.name!r} must be a plain folder name"),
+        (d.format in ("auto", "txt", "jsonl", "csv"),
+         f"data.format: {d.format!r} is not one of auto, txt, jsonl, csv"),
+        (d.txt_mode in ("auto", "line", "paragraph"),
+         f"data.txt_mode: {d.txt_mode!r} is not one of auto, line, paragraph"),
+        (0.0 < d.validation_fraction < 1.0,
+         f"data.validation_fraction: {d.validation_fraction} must be between 0 and 1"),
+        (f.sequence_length >= 8, f"finetune.sequence_length: {f.sequence_length} must be >= 8"),
+        (f.batch_size >= 1, f"finetune.batch_size: {f.batch_size} must be >= 1"),
+        (f.epochs >= 1, f"finetune.epochs: {f.epochs} must be >= 1"),
+        (f.max_steps >= 0, f"finetune.max_steps: {f.max_steps} must be >= 0 (0 = no limit)"),
+        (f.learning_rate > 0, f"finetune.learning_rate: {f.learning_rate} must be > 0"),
+        (0.0 <= f.warmup_fraction < 1.0,
+         f"finetune.warmup_fraction: {f.warmup_fraction} must be in [0, 1)"),
+        (f.lora_rank >= 0, f"finetune.lora_rank: {f.lora_rank} must be >= 0 (0 = off)"),
+        (e.max_length >= 2, f"eval.max_length: {e.max_length} must be >= 2"),
+        (e.top_k >= 1, f"eval.top_k: {e.top_k} must be >= 1"),
+        (e.temperature > 0, f"eval.temperature: {e.temperature} must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(cfg) -> dict:
+    """Returns the config as plain YAML-able data (tuples become lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return plain(dataclasses.asdict(v))
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,182 @@
+"""The user's own text: read .txt/.jsonl/.csv files, split train/validation, tokenize.
+
+Formats:
+  - .txt: one example per line, or blank-line-separated paragraphs (`txt_mode`);
+  - .jsonl: one JSON object per line, the text in field `field`;
+  - .csv: a header row, the text in column `field`;
+  - a folder (every such file in it, sorted) or a glob pattern.
+
+Example:
+    >>> examples = load_examples(DataConfig(path="notes.txt"))
+    >>> train, val = split_examples(examples, 0.1, seed=1234)
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DataConfig
+from pipeline.errors import DataError
+
+EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
+
+
+@dataclass
+class TokenizedSplit:
+    x: dict  # {"token_ids": (N, T) int32, "padding_mask": (N, T) bool}
+    y: np.ndarray  # (N, T) next-token targets
+    w: np.ndarray  # (N, T) 1.0 where the target is a real token
+    stats: dict
+
+
+def find_files(path: str) -> list[Path]:
+    """Returns the data files named by `path`: a file, a folder, or a glob pattern."""
+    if any(c in path for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"data.path: no files match {path!r}")
+        return files
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise DataError(f"data.path: folder {p} has no .txt, .jsonl or .csv files")
+        return files
+    if not p.exists():
+        raise DataError(f"data.path: {p} does not exist")
+    return [p]
+
+
+def read_text(path: Path) -> str:
+    """Returns the file's UTF-8 text; raises DataError if it is empty or not UTF-8."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            f"re-save it as UTF-8"
+        ) from None
+
+
+def parse_txt(text: str, mode: str) -> list[str]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if mode == "auto":
+        mode = "paragraph" if re.search(r"\n[ \t]*\n", text.strip()) else "line"
+    if mode == "paragraph":
+        return [p.strip() for p in re.split(r"\n[ \t]*\n", text)]
+    return [line.strip() for line in text.split("\n")]
+
+
+def parse_jsonl(text: str, field: str, path: Path) -> list[str]:
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or field not in record:
+            raise DataError(f"{path}:{number}: no field {field!r} (set data.field)")
+        if not isinstance(record[field], str):
+            raise DataError(f"{path}:{number}: field {field!r} is not a string")
+        out.append(record[field])
+    return out
+
+
+def parse_csv(text: str, field: str, path: Path) -> list[str]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or field not in reader.fieldnames:
+        columns = ", ".join(reader.fieldnames or [])
+        raise DataError(f"{path}: no column {field!r} (columns: {columns}; set data.field)")
+    return [row[field] or "" for row in reader]
+
+
+def load_examples(cfg: DataConfig) -> list[str]:
+    """Returns the non-empty examples of every file named by `cfg.path`, in file order."""
+    examples = []
+    for path in find_files(cfg.path):
+        fmt = cfg.format
+        if fmt == "auto":
+            fmt = EXTENSIONS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(
+                    f"{path}: unknown extension {path.suffix!r}; use .txt, .jsonl or .csv "
+                    f"or set data.format"
+                )
+        text = read_text(path)
+        if fmt == "txt":
+            found = parse_txt(text, cfg.txt_mode)
+        elif fmt == "jsonl":
+            found = parse_jsonl(text, cfg.field, path)
+        else:
+            found = parse_csv(text, cfg.field, path)
+        examples.extend(e.strip() for e in found if len(e.strip()) >= cfg.min_chars)
+    if not examples:
+        raise DataError(f"data.path: {cfg.path} has no examples of at least {cfg.min_chars} "
+                        f"characters")
+    return examples
+
+
+def split_examples(examples: list[str], validation_fraction: float, seed: int):
+    """Returns (train, validation): a seeded shuffle, at least one example in each."""
+    if len(examples) < 2:
+        raise DataError(f"data: {len(examples)} example found, at least 2 are needed to hold "
+                        f"one out for validation")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_val = min(len(examples) - 1, max(1, math.ceil(len(examples) * validation_fraction)))
+    val = [examples[i] for i in sorted(order[:n_val])]
+    train = [examples[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def tokenize(examples: list[str], preprocessor, chunk: int = 256) -> TokenizedSplit:
+    """Returns the examples packed by the keras-hub preprocessor, one example per row.
+
+    Each row is `<start> tokens <end>` padded or truncated to the preprocessor's length.
+    """
+    length = preprocessor.sequence_length
+    lengths = [int(n) for part in range(0, len(examples), chunk)
+               for n in _token_counts(preprocessor, examples[part:part + chunk])]
+    xs, ys, ws = [], [], []
+    for part in range(0, len(examples), chunk):
+        x, y, w = preprocessor(examples[part:part + chunk])
+        xs.append({k: np.asarray(v) for k, v in x.items()})
+        ys.append(np.asarray(y))
+        ws.append(np.asarray(w, dtype="float32"))
+    with_special = [n + 2 for n in lengths]  # start and end tokens
+    stats = {
+        "examples": len(examples),
+        "tokens": int(sum(lengths)),
+        "mean_tokens": float(np.mean(lengths)),
+        "truncated_share": float(np.mean([n > length for n in with_special])),
+        "sequence_length": int(length),
+    }
+    return TokenizedSplit(
+        x={k: np.concatenate([x[k] for x in xs]) for k in xs[0]},
+        y=np.concatenate(ys), w=np.concatenate(ws), stats=stats,
+    )
+
+
+def _token_counts(preprocessor, texts: list[str]):
+    ids = preprocessor.tokenizer(texts)
+    return [len(row) for row in ids.to_list()] if hasattr(ids, "to_list") else \
+        [len(row) for row in ids]
+
+
+def describe(name: str, stats: dict) -> str:
+    return (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens "
+            f"(mean {stats['mean_tokens']:.0f}), {stats['truncated_share']:.0%} truncated at "
+            f"{stats['sequence_length']} tokens")

@@ -1,0 +1,106 @@
+"""Loading and saving GPT-2 models as keras-hub presets.
+
+A preset is one of:
+  - "embedded": the small GPT-2 this project builds offline (see `pipeline.base`);
+  - a keras-hub preset name such as "gpt2_base_en" (downloaded from Kaggle);
+  - an "hf://org/name" or "kaggle://owner/model/keras/variant" handle;
+  - a local preset folder (what `save_preset` writes).
+
+Example:
+    >>> lm = load_causal_lm("embedded")
+    >>> lm.generate("Tomato soup.", max_length=32)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pipeline.errors import PresetError
+from pipeline.fsutil import atomic_dir
+
+REMOTE_HOSTS = {"hf://": "huggingface.co", "kaggle://": "www.kaggle.com"}
+WEIGHTS_FILE = "model.weights.h5"
+
+
+def _can_reach(host: str, timeout: float = 4.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _known_names() -> list[str]:
+    import keras_hub
+
+    return sorted(keras_hub.models.GPT2Backbone.presets)
+
+
+def check_local_preset(folder: Path) -> Path:
+    """Returns `folder` if it holds a keras-hub preset with weights, else raises PresetError."""
+    if not folder.is_dir():
+        raise PresetError(f"preset folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise PresetError(f"preset folder {folder} has no config.json: it is not a keras-hub preset")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise PresetError(f"preset folder {folder} has no {WEIGHTS_FILE}: the weights are missing")
+    return folder
+
+
+def resolve_preset(preset: str) -> str:
+    """Returns what keras-hub's `from_preset` should receive for `preset`, or raises PresetError.
+
+    Remote presets are checked for network access first, so that an offline machine fails
+    in seconds with a message instead of retrying downloads.
+    """
+    if not isinstance(preset, str) or not preset.strip():
+        raise PresetError("preset is empty: use 'embedded', a keras-hub name, a handle or a folder")
+    if preset == "embedded":
+        from pipeline.base import embedded_preset
+
+        return str(embedded_preset())
+    for scheme, host in REMOTE_HOSTS.items():
+        if preset.startswith(scheme):
+            return _remote(preset, host)
+    path = Path(preset).expanduser()
+    if path.exists() or os.sep in preset or preset.startswith("."):
+        return str(check_local_preset(path))
+    if preset in _known_names():
+        return _remote(preset, REMOTE_HOSTS["kaggle://"])
+    raise PresetError(
+        f"unknown preset {preset!r}: not a local folder, not an hf:// or kaggle:// handle, and "
+        f"not a keras-hub GPT-2 preset ({', '.join(_known_names())}); or use 'embedded'"
+    )
+
+
+def _remote(preset: str, host: str) -> str:
+    if not _can_reach(host):
+        raise PresetError(
+            f"preset {preset!r} must be downloaded from {host}, which cannot be reached "
+            f"(no network?): use a local preset folder or 'embedded' instead"
+        )
+    return preset
+
+
+def load_causal_lm(preset: str):
+    """Returns a `keras_hub.models.GPT2CausalLM` (backbone, tokenizer, preprocessor) from `preset`."""
+    import keras_hub
+
+    source = resolve_preset(preset)
+    try:
+        return keras_hub.models.GPT2CausalLM.from_preset(source)
+    except PresetError:
+        raise
+    except Exception as e:  # keras-hub raises many kinds; name the preset and the cause
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PresetError(f"cannot load preset {preset!r}: {message}") from e
+
+
+def save_preset(causal_lm, folder) -> Path:
+    """Saves backbone, tokenizer, preprocessor and task to `folder`, replacing it atomically."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        causal_lm.save_to_preset(str(tmp))
+    return folder

@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import finetune as finetune_mod
+from pipeline.config import load_config
+from pipeline.presets import load_causal_lm
+
+
+@pytest.fixture
+def kitchen_cfg(tiny_preset, tmp_path, kitchen_lines):
+    path = tmp_path / "kitchen.txt"
+    path.write_text("\n\n".join(kitchen_lines[:60]), encoding="utf-8")
+
+    def make(**finetune):
+        settings = {"sequence_length": 48, "batch_size": 8, "learning_rate": 3e-3, **finetune}
+        return load_config(None, {
+            "model": {"preset": str(tiny_preset)},
+            "data": {"path": str(path)},
+            "finetune": settings,
+            "eval": {"max_length": 20, "prompts": ["Tomato soup."]},
+        })
+    return make
+
+
+def test_few_steps_lower_validation_loss(kitchen_cfg, tmp_path):
+    result = finetune_mod.finetune(kitchen_cfg(epochs=2), tmp_path / "run", verbose=False)
+    m = result.metrics
+    assert m["after"]["val_loss"] < m["before"]["val_loss"] - 0.1
+    assert m["steps"] == 2 * 7  # 54 training examples / batch 8, two epochs
+    stage = tmp_path / "run" / "finetune"
+    assert (stage / "loss_curve.png").stat().st_size > 1000
+    assert list((stage / "tensorboard").rglob("events.out.tfevents.*"))
+    gens = json.loads((stage / "generations.json").read_text())
+    assert gens["after"]["greedy"][0].startswith("Tomato soup.")
+    # The saved preset is the trained model.
+    again = load_causal_lm(str(result.preset_dir))
+    assert again.preprocessor.sequence_length == 48
+
+
+def test_resume_after_interruption(kitchen_cfg, tmp_path, monkeypatch):
+    cfg = kitchen_cfg(epochs=3)
+    real_logger = finetune_mod.StepLossLogger
+
+    def interrupting_logger(history=None):
+        logger = real_logger(history)
+
+        def stop(epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # as if the user pressed Ctrl-C in epoch 2
+        logger.on_epoch_begin = stop
+        return logger
+
+    monkeypatch.setattr(finetune_mod, "StepLossLogger", interrupting_logger)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_mod.finetune(cfg, tmp_path / "run", verbose=False)
+    ckpt = tmp_path / "run" / "finetune" / "checkpoints"
+    assert json.loads((ckpt / "latest.json").read_text())["epoch"] == 1
+    assert not list(ckpt.glob(".*tmp*"))  # no half-written checkpoint
+    monkeypatch.setattr(finetune_mod, "StepLossLogger", real_logger)
+
+    seen = []
+    real_restore = finetune_mod.restore_checkpoint
+
+    def spy(causal_lm, directory):
+        done, state = real_restore(causal_lm, directory)
+        seen.append((done, int(causal_lm.optimizer.iterations.numpy()), len(state["steps"])))
+        return done, state
+
+    monkeypatch.setattr(finetune_mod, "restore_checkpoint", spy)
+    result = finetune_mod.finetune(cfg, tmp_path / "run", verbose=False)
+    assert seen == [(1, 7, 7)]  # one epoch done: optimizer step count and loss history restored
+    assert result.metrics["steps"] == 21  # and only the two remaining epochs were trained
+    assert result.metrics["after"]["val_loss"] < result.metrics["before"]["val_loss"]
+
+
+def test_changed_config_discards_old_checkpoints(kitchen_cfg, tmp_path):
+    finetune_mod.finetune(kitchen_cfg(max_steps=3), tmp_path / "run", verbose=False)
+    result = finetune_mod.finetune(kitchen_cfg(max_steps=4), tmp_path / "run", verbose=False)
+    assert result.metrics["steps"] == 4
+
+
+def test_lora_trains_adapters_and_saves_merged_weights(kitchen_cfg, tmp_path):
+    result = finetune_mod.finetune(kitchen_cfg(lora_rank=2, max_steps=6), tmp_path / "run",
+                                   verbose=False)
+    assert result.metrics["after"]["val_loss"] < result.metrics["before"]["val_loss"]
+    base = load_causal_lm(str(kitchen_cfg().model.preset))
+    tuned = load_causal_lm(str(result.preset_dir))
+    # The saved preset is a plain model (no adapters) whose weights moved.
+    assert not any(getattr(l, "lora_enabled", False) for l in tuned.backbone._flatten_layers())
+    assert len(tuned.backbone.trainable_weights) == len(base.backbone.trainable_weights)
+    x = base.preprocessor(["Tomato soup."])[0]
+    assert not np.allclose(base(x), tuned(x), atol=1e-4)
+
+
+def test_sequence_length_above_model_limit(kitchen_cfg, tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.sequence_length: 500 is above"):
+        finetune_mod.finetune(kitchen_cfg(sequence_length=500), tmp_path / "run", verbose=False)
+    assert not (tmp_path / "run").exists()

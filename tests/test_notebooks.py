@@ -1,0 +1,64 @@
+"""The stage notebooks: static rules, and a real papermill run on the tiny fixture."""
+
+import ast
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_thin_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit without outputs"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for node in ast.parse(tagged[0].source).body:  # literals only, each with a comment
+        assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.Dict,
+                                                                         ast.List))
+    assert all("#" in line for line in tagged[0].source.splitlines() if "=" in line)
+    for c in code:
+        tree = ast.parse("\n".join(l for l in c.source.splitlines() if not l.startswith(("!", "%"))))
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert "write_metrics" in code[-1].source, "the last cell records metrics"
+
+
+def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_lines):
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(kitchen_lines[:40]), encoding="utf-8")
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs" / "tiny.yaml").read_text() + (
+        f"output_dir: {tmp_path / 'runs'}\nmodel:\n  preset: {tiny_preset}\n"
+        f"data:\n  path: {data}\n"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]  # no .partial left
+    metrics = json.loads((run / "metrics.json").read_text())["finetune"]
+    assert metrics["steps"] == 6
+    assert metrics["after"]["val_perplexity"] < metrics["before"]["val_perplexity"]
+    assert metrics["data"]["train"]["examples"] == 36
+    executed = nbformat.read(run / "notebooks" / "01_finetune.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "config_file" in injected[0].source
+    assert (run / "config.yaml").is_file() and (run / "finetune" / "preset" / "model.weights.h5").is_file()
+
+
+def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'runs'}\ndata:\n  path: {empty}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: file is empty"
+    assert not (tmp_path / "runs").exists()
