@@ -30,7 +30,7 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.fsutil import atomic_dir
 
 END_TOKEN = "<|endoftext|>"
-BUILD_VERSION = 1  # bump when the build code changes what it produces
+BUILD_VERSION = 2  # bump when the build code changes what it produces
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,10 @@ def train_tokenizer(texts: list[str], vocabulary_size: int):
     )
     state = json.loads(bpe.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
-    return dict(state["vocab"]), merges
+    # keras-hub's GPT2Tokenizer pads with id 0, so the end token must not be id 0: put it
+    # last, as in GPT-2's own vocabulary (50256 of 50257).
+    ordered = sorted(state["vocab"].items(), key=lambda kv: (kv[0] == END_TOKEN, kv[1]))
+    return {token: i for i, (token, _) in enumerate(ordered)}, merges
 
 
 def windows(token_lists: list[list[int]], end_id: int, length: int) -> np.ndarray:

@@ -15,9 +15,6 @@ os.environ["PIPELINE_BATCH"] = "1"
 KITCHEN = ROOT / "configs" / "data" / "kitchen_notes.txt"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes minutes; run with `make test-slow`")
-
 
 @pytest.fixture(scope="session")
 def tiny_spec():
