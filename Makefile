@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+# TF 2.19 with its Flex delegate, only for running exported .tflite files (pipeline/flex_runner.py)
+FLEX := .venv-flex
+FLEX_STAMP := $(FLEX)/.installed-$(shell sha1sum requirements-flex.txt | cut -c1-12)
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-slow venv clean
+.PHONY: run test test-slow venv flex-env bench clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,14 +19,25 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-run: $(STAMP)  ## the main job: fine-tune the embedded default (builds it on first use)
+$(FLEX_STAMP): requirements-flex.txt
+	@test -x $(FLEX)/bin/python || $(PYTHON) -m venv $(FLEX)
+	$(FLEX)/bin/python -m pip install -q --disable-pip-version-check -r requirements-flex.txt
+	@rm -f $(FLEX)/.installed-*
+	@touch $@
+
+flex-env: $(FLEX_STAMP)
+
+run: $(STAMP) $(FLEX_STAMP)  ## the main job: fine-tune the embedded default (builds it on first use)
 	$(BIN)/python -m pipeline run $(CONFIG)
 
-test: $(STAMP)  ## the default suite (under 15 minutes on 2 cores)
+test: $(STAMP) $(FLEX_STAMP)  ## the default suite (under 15 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)  ## the slow tests only
+test-slow: $(STAMP) $(FLEX_STAMP)  ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP) $(FLEX_STAMP)  ## size/speed benchmarks on a GPT-2-base-shaped model
+	$(BIN)/python -m pipeline bench export
 
 clean:
 	rm -rf runs .cache

@@ -46,6 +46,20 @@ def cmd_finetune(args) -> None:
           f"{m['after']['val_perplexity']:.2f}; preset: {result.preset_dir}")
 
 
+def cmd_export(args) -> None:
+    from pipeline.config import load_config
+    from pipeline.export import export_text_model
+    from pipeline.report import write_metrics
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    run_dir = args.run_dir or str(cfg.run_dir)
+    result = export_text_model(cfg, run_dir, preset=args.preset)
+    write_metrics(run_dir, "export", result.metrics)
+    v = result.metrics["verification"]
+    checked = f"; {v['matches']}/{v['prompts']} prompts match {v['reference']}" if v else ""
+    print(f"{result.model_path} ({result.metrics['size_bytes'] / 1e6:.1f} MB){checked}")
+
+
 def cmd_build_base(args) -> None:
     from pipeline.base import embedded_preset
 
@@ -73,6 +87,12 @@ def main(argv=None) -> int:
                     required=False)
     p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
     p.set_defaults(func=cmd_finetune)
+    p = with_config(sub.add_parser("export", help="export a preset as a verified .tflite text "
+                                                  "model"), required=False)
+    p.add_argument("--preset", help="preset to export (default: export.preset, else the run's "
+                                    "fine-tuned model)")
+    p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("build-base", help="build (or find in the cache) the embedded base preset "
                                           "and print its folder")
     p.set_defaults(func=cmd_build_base)

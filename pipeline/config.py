@@ -22,6 +22,7 @@ import yaml
 from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+QUANTIZATIONS = ("none", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    enabled: bool = True  # `python -m pipeline run` exports after fine-tuning
+    preset: str = ""  # "" = the run's fine-tuned model; else any preset (see model.preset)
+    quantization: str = "int8"  # none (fp32) | fp16 | int8 (dynamic range) | int4 (dynamic range)
+    max_length: int = 64  # tokens of prompt + generation, fixed in the exported graph
+    sampler: str = "greedy"  # greedy | top_k | top_p
+    top_k: int = 40
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int = 0  # sampling seed baked into the model (same prompt -> same text)
+    prompts: tuple[str, ...] = ()  # verification prompts; () = eval.prompts plus edge cases
+    verify: bool = True  # run the .tflite in the Flex interpreter and compare with Keras
+    flex_python: str = ".venv-flex/bin/python"  # Python with TF <= 2.19 (Flex delegate linked)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"  # run folder: <output_dir>/<name>
     output_dir: str = "runs"
@@ -78,6 +95,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -168,7 +186,7 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Raises ConfigError for values that have the right type but an impossible value."""
-    d, f, e = cfg.data, cfg.finetune, cfg.eval
+    d, f, e, x = cfg.data, cfg.finetune, cfg.eval, cfg.export
     checks = [
         (bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
          f"name: {cfg.name!r} must be a plain folder name"),
@@ -189,6 +207,14 @@ def validate(cfg: RunConfig) -> None:
         (e.max_length >= 2, f"eval.max_length: {e.max_length} must be >= 2"),
         (e.top_k >= 1, f"eval.top_k: {e.top_k} must be >= 1"),
         (e.temperature > 0, f"eval.temperature: {e.temperature} must be > 0"),
+        (x.quantization in QUANTIZATIONS,
+         f"export.quantization: {x.quantization!r} is not one of {', '.join(QUANTIZATIONS)}"),
+        (x.sampler in ("greedy", "top_k", "top_p"),
+         f"export.sampler: {x.sampler!r} is not one of greedy, top_k, top_p"),
+        (x.max_length >= 2, f"export.max_length: {x.max_length} must be >= 2"),
+        (x.top_k >= 1, f"export.top_k: {x.top_k} must be >= 1"),
+        (0.0 < x.top_p <= 1.0, f"export.top_p: {x.top_p} must be in (0, 1]"),
+        (x.temperature > 0, f"export.temperature: {x.temperature} must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

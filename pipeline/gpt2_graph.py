@@ -188,7 +188,8 @@ class GPT2Graph:
 
         def _update(cache, new, at):
             # Writes `new` into `cache` at offset `at`; TFLite: DYNAMIC_UPDATE_SLICE.
-            return tf.raw_ops.XlaDynamicUpdateSlice(input=cache, update=new,
-                                                    indices=tf.stack(at))
+            from tensorflow.compiler.tf2xla.python import xla
+
+            return xla.dynamic_update_slice(cache, new, tf.stack(at))
 
         return _GPT2()

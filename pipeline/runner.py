@@ -10,6 +10,7 @@ Run folder:
   metrics.json        one section per stage
   notebooks/          the executed notebooks, with their outputs
   finetune/           the fine-tuned preset, checkpoints, TensorBoard logs, plots
+  export/text/        the .tflite text model, its op list and verification
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from pipeline.errors import PipelineError
 from pipeline.fsutil import replace_dir, write_text
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-STAGES = [("finetune", "01_finetune.ipynb")]
+STAGES = [("finetune", "01_finetune.ipynb"), ("export", "03_export.ipynb")]
+
+
+def stages(cfg: RunConfig) -> list:
+    """Returns the (stage, notebook) pairs this config runs, in order."""
+    enabled = {"finetune": True, "export": cfg.export.enabled}
+    return [(s, nb) for s, nb in STAGES if enabled[s]]
 
 
 class StageFailed(PipelineError):
@@ -39,14 +46,15 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     data_path = cfg.data.path
     if not os.path.isabs(data_path):
         data_path = os.path.abspath(data_path)
-    preset = cfg.model.preset
-    if os.path.exists(preset):
-        preset = os.path.abspath(preset)
+    def local(preset):
+        return os.path.abspath(preset) if preset and os.path.exists(preset) else preset
+
     return dataclasses.replace(
         cfg,
         output_dir=os.path.abspath(cfg.output_dir),
         data=dataclasses.replace(cfg.data, path=data_path),
-        model=dataclasses.replace(cfg.model, preset=preset),
+        model=dataclasses.replace(cfg.model, preset=local(cfg.model.preset)),
+        export=dataclasses.replace(cfg.export, preset=local(cfg.export.preset)),
     )
 
 
@@ -58,6 +66,13 @@ def preflight(cfg: RunConfig) -> None:
     split_examples(load_examples(cfg.data), cfg.data.validation_fraction, cfg.data.seed)
     if cfg.model.preset != "embedded":  # the embedded base is built by the first notebook
         resolve_preset(cfg.model.preset)
+    if cfg.export.enabled and cfg.export.preset:
+        resolve_preset(cfg.export.preset)
+    if cfg.export.enabled and cfg.export.verify:
+        from pipeline.export import flex_python, run_in_flex
+
+        if not flex_python(cfg.export).exists():
+            run_in_flex(None, [], cfg.export)  # raises the one-line set-up message
 
 
 def run(config_path, overrides: dict | None = None) -> Path:
@@ -80,7 +95,7 @@ def run(config_path, overrides: dict | None = None) -> Path:
     env_batch = os.environ.get("PIPELINE_BATCH")
     os.environ["PIPELINE_BATCH"] = "1"  # notebooks: plain progress output, no widgets
     try:
-        for stage, notebook in STAGES:
+        for stage, notebook in stages(cfg):
             started = time.time()
             print(f"== {stage}: {notebook}", flush=True)
             out = partial / "notebooks" / notebook

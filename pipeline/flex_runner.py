@@ -1,0 +1,48 @@
+"""Runs a text `.tflite` in TFLite's Python interpreter with the Flex (select TF ops) delegate.
+
+TF 2.19 is the last pip build whose Python interpreter links the Flex delegate, and keras-hub
+needs TF >= 2.20, so this file runs in a separate environment (`.venv-flex`, made by the
+Makefile) as `python -m pipeline.flex_runner MODEL.tflite PROMPTS.json OUT.json`. It imports
+nothing from the rest of the project. Importing tensorflow_text registers the TF-Text
+kernels (RegexSplitWithOffsets, ...) that the tokenizer's Flex ops run on.
+"""
+
+import json
+import sys
+import time
+
+
+def run(model_path: str, prompts: list) -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers TF-Text kernels for the Flex delegate)
+
+    started = time.time()
+    interpreter = tf.lite.Interpreter(model_path=model_path)
+    runner = interpreter.get_signature_runner("serving_default")
+    outputs, seconds = [], []
+    for prompt in prompts:
+        t = time.time()
+        out = runner(prompt=np.array(prompt.encode("utf-8")))
+        outputs.append(out["text"].item().decode("utf-8", errors="replace"))
+        seconds.append(time.time() - t)
+    return {"tensorflow": tf.__version__, "outputs": outputs, "seconds": seconds,
+            "total_seconds": time.time() - started}
+
+
+def main(argv) -> int:
+    if len(argv) != 3:
+        print("usage: python -m pipeline.flex_runner MODEL.tflite PROMPTS.json OUT.json",
+              file=sys.stderr)
+        return 2
+    model, prompts_file, out_file = argv
+    with open(prompts_file, encoding="utf-8") as f:
+        prompts = json.load(f)
+    result = run(model, prompts)
+    with open(out_file, "w", encoding="utf-8") as f:
+        json.dump(result, f, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

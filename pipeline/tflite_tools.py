@@ -1,0 +1,183 @@
+"""Converting a SavedModel to TFLite, storing the tied embedding once, quantizing, listing ops.
+
+Quantization modes (`QUANTIZATIONS`):
+  none  float32 weights;
+  fp16  float16 weights, dequantized once when the interpreter prepares the model;
+  int8  dynamic-range int8: weights int8 with one scale per output row, activations
+        quantized on the fly inside FULLY_CONNECTED (the default);
+  int4  dynamic-range int4, same layout (through ai-edge-quantizer).
+
+How the tied token embedding is stored once: the converter emits `GATHER(wte, ids)` for the
+lookup and `FULLY_CONNECTED(x, wte)` for the logits on the same float tensor. Quantizing
+that as is gives two copies (per-tensor for GATHER, per-row for FULLY_CONNECTED). Rewriting
+the GATHER as an EMBEDDING_LOOKUP, whose hybrid kernel reads per-row int8/int4 scales (TFLite
+2.18+), lets ai-edge-quantizer quantize the one tensor once for both ops.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import QUANTIZATIONS
+from pipeline.errors import PipelineError
+BYTES_PER_WEIGHT = {"none": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def convert_saved_model(saved_model_dir, select_tf_ops: bool) -> bytes:
+    """Returns the float32 TFLite flatbuffer of a SavedModel's signatures."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if select_tf_ops:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                               tf.lite.OpsSet.SELECT_TF_OPS]
+        converter.allow_custom_ops = True
+    else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def _builtin(opcode) -> int:
+    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+
+def _opcode_index(model, code: int, version: int) -> int:
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    for i, oc in enumerate(model.operatorCodes):
+        if _builtin(oc) == code and oc.version == version:
+            return i
+    oc = fu.schema_fb.OperatorCodeT()
+    oc.builtinCode = code
+    oc.deprecatedBuiltinCode = min(code, 127)
+    oc.version = version
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def tie_embedding(flatbuffer: bytes) -> tuple[bytes, int]:
+    """Rewrites GATHERs on constant float tables as EMBEDDING_LOOKUP; returns (model, count).
+
+    The token embedding's GATHER shares its table with the logits' FULLY_CONNECTED; as an
+    EMBEDDING_LOOKUP both ops accept the same per-row quantized tensor, so it is stored
+    once. The position table becomes an EMBEDDING_LOOKUP too, so it is quantized as well.
+    Version 4 of EMBEDDING_LOOKUP (per-row quantized tables, TFLite 2.18+) makes an older
+    runtime refuse the model instead of returning zeros.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    ops = fu.schema_fb.BuiltinOperator
+    types = fu.schema_fb.TensorType
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    lookup = None
+    rewritten = 0
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            if _builtin(model.operatorCodes[op.opcodeIndex]) != ops.GATHER:
+                continue
+            params, indices = int(op.inputs[0]), int(op.inputs[1])
+            table, ids = sg.tensors[params], sg.tensors[indices]
+            data = model.buffers[table.buffer].data
+            if (data is None or len(data) == 0 or table.type != types.FLOAT32
+                    or len(table.shape) != 2 or len(ids.shape) != 1 or ids.type != types.INT32
+                    or getattr(op.builtinOptions, "axis", 0) != 0):
+                continue
+            if lookup is None:
+                lookup = _opcode_index(model, ops.EMBEDDING_LOOKUP, 4)
+            op.opcodeIndex = lookup
+            op.inputs = np.array([indices, params], dtype=np.int32)  # (lookup ids, table)
+            op.builtinOptionsType = 0
+            op.builtinOptions = None
+            rewritten += 1
+    return bytes(fu.convert_object_to_bytearray(model)), rewritten
+
+
+def _unique_tensor_names(flatbuffer: bytes) -> bytes:
+    """Suffixes tensor names repeated across subgraphs (ai-edge-quantizer needs unique names)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    seen = collections.Counter()
+    for index, sg in enumerate(model.subgraphs):
+        for tensor in sg.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            seen[name] += 1
+            if seen[name] > 1:
+                tensor.name = f"{name}__sg{index}_{seen[name]}".encode()
+    return bytes(fu.convert_object_to_bytearray(model))
+
+
+def quantize(flatbuffer: bytes, mode: str) -> bytes:
+    """Returns the float32 flatbuffer quantized in `mode` (one of QUANTIZATIONS)."""
+    if mode not in QUANTIZATIONS:
+        raise PipelineError(f"quantization {mode!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if mode == "none":
+        return flatbuffer
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "float.tflite"
+        source.write_bytes(_unique_tensor_names(flatbuffer))
+        qt = quantizer.Quantizer(str(source))
+        if mode == "fp16":
+            qt.add_weight_only_config(
+                regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                num_bits=16, algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
+            )
+        elif mode == "int8":
+            qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        else:
+            qt.load_quantization_recipe(recipe.dynamic_wi4_afp32())
+        return bytes(qt.quantize().quantized_model)
+
+
+def op_report(flatbuffer: bytes) -> dict:
+    """Returns {"builtin": {op: count}, "select_tf": {...}, "custom": {...}} over all subgraphs."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    names = {v: k for k, v in vars(fu.schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+    report = {"builtin": collections.Counter(), "select_tf": collections.Counter(),
+              "custom": collections.Counter()}
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            oc = model.operatorCodes[op.opcodeIndex]
+            code = _builtin(oc)
+            if code == fu.schema_fb.BuiltinOperator.CUSTOM:
+                custom = oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode
+                if custom.startswith("Flex"):
+                    report["select_tf"][custom[len("Flex"):]] += 1
+                else:
+                    report["custom"][custom] += 1
+            else:
+                report["builtin"][names.get(code, str(code))] += 1
+    return {k: dict(sorted(v.items())) for k, v in report.items()}
+
+
+def largest_buffers(flatbuffer: bytes, top: int = 5) -> list[int]:
+    """Returns the sizes of the largest constant buffers, largest first (for size checks)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    sizes = sorted((len(b.data) if b.data is not None else int(getattr(b, "size", 0) or 0))
+                   for b in model.buffers)
+    return sizes[::-1][:top]
+
+
+def check_size(size_bytes: int, parameters: int, mode: str, extra_bytes: int = 0) -> None:
+    """Raises PipelineError if the file is far from `parameters` weights stored once.
+
+    A file well below the weights' size has lost them (from_concrete_functions did this);
+    one well above stores some twice. 10% slack covers scales, graph and tokenizer tables.
+    """
+    expected = parameters * BYTES_PER_WEIGHT[mode] + extra_bytes
+    if size_bytes < 0.9 * expected or size_bytes > 1.1 * expected + 2_000_000:
+        raise PipelineError(
+            f"{mode} model is {size_bytes / 1e6:.1f} MB but {parameters:,} parameters stored "
+            f"once should take about {expected / 1e6:.1f} MB: weights missing or duplicated"
+        )
