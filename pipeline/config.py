@@ -180,7 +180,10 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
         cfg = _apply(cfg, read_yaml(path), f"{path}:")
     if overrides:
         cfg = _apply(cfg, overrides, "overrides:")
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     return cfg
 
 

@@ -169,15 +169,36 @@ def largest_buffers(flatbuffer: bytes, top: int = 5) -> list[int]:
     return sizes[::-1][:top]
 
 
-def check_size(size_bytes: int, parameters: int, mode: str, extra_bytes: int = 0) -> None:
-    """Raises PipelineError if the file is far from `parameters` weights stored once.
+def weight_bytes(flatbuffer: bytes) -> int:
+    """Returns the bytes of constant float/int8/int4 tensors, each buffer counted once.
 
-    A file well below the weights' size has lost them (from_concrete_functions did this);
-    one well above stores some twice. 10% slack covers scales, graph and tokenizer tables.
+    String and integer constants (tokenizer tables, shapes) are left out, so this measures
+    how the weights themselves are stored.
     """
-    expected = parameters * BYTES_PER_WEIGHT[mode] + extra_bytes
-    if size_bytes < 0.9 * expected or size_bytes > 1.1 * expected + 2_000_000:
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    types = fu.schema_fb.TensorType
+    weight_types = {types.FLOAT32, types.FLOAT16, types.INT8, types.UINT8, types.INT4}
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    used = {t.buffer for sg in model.subgraphs for t in sg.tensors if t.type in weight_types}
+    return sum(len(model.buffers[b].data) for b in used
+               if b < len(model.buffers) and model.buffers[b].data is not None)
+
+
+def check_size(flatbuffer: bytes, parameters: int, mode: str) -> int:
+    """Raises PipelineError unless the file stores `parameters` weights once; returns bytes.
+
+    A file whose weights take much less than parameters x bytes-per-weight has lost them
+    (from_concrete_functions did this to Keras 3 models); one well above stores some twice
+    (GPT-2's tied embedding is 31% of its weights). Biases, LayerNorm and per-row scales
+    stay float32: up to 12% slack, plus 16 KB of graph constants.
+    """
+    stored = weight_bytes(flatbuffer)
+    expected = parameters * BYTES_PER_WEIGHT[mode]
+    if stored < 0.95 * expected or stored > 1.12 * expected + 16384:
         raise PipelineError(
-            f"{mode} model is {size_bytes / 1e6:.1f} MB but {parameters:,} parameters stored "
-            f"once should take about {expected / 1e6:.1f} MB: weights missing or duplicated"
+            f"{mode} model stores {stored / 1e6:.2f} MB of weights but {parameters:,} "
+            f"parameters stored once take about {expected / 1e6:.2f} MB: weights missing or "
+            f"duplicated"
         )
+    return stored

@@ -1,0 +1,133 @@
+"""Export to a .tflite text model: every quantization mode, parity in the Flex interpreter."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import tflite_tools
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, PipelineError, PresetError
+from pipeline.export import export_text_model
+
+from conftest import ROOT
+
+
+def cfg(**export):
+    return load_config(None, {"export": {"max_length": 32, **export}})
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tiny_preset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("export_fp32")
+    return export_text_model(cfg(quantization="none"), run, preset=str(tiny_preset), verbose=False)
+
+
+def test_fp32_text_equals_keras_greedy_in_flex_interpreter(fp32_export):
+    v = json.loads((fp32_export.model_path.parent / "verification.json").read_text())
+    assert v["reference"] == "keras" and v["tensorflow"].startswith("2.19")
+    assert v["matches"] == v["prompts"] >= 7, [r for r in v["rows"] if not r["match"]]
+    prompts = [r["prompt"] for r in v["rows"]]
+    assert "" in prompts and any("🍮" in p and "è" in p for p in prompts)
+    # Near the limit the continuation is (almost) empty; past it the prompt is truncated.
+    near, too_long = v["rows"][-2], v["rows"][-1]
+    assert len(near["tflite"]) - len(near["prompt"]) < 40
+    assert too_long["tflite"] != too_long["prompt"] and too_long["prompt"].startswith(
+        too_long["tflite"][:20])
+    for row in v["rows"]:
+        assert row["tflite"].startswith(row["prompt"][:10])
+
+
+def float_constant_bytes(path):
+    """Returns (bytes of float32 constant buffers, sizes of them), each buffer counted once."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    used = {t.buffer for sg in model.subgraphs for t in sg.tensors
+            if t.type == fu.schema_fb.TensorType.FLOAT32}
+    sizes = [len(model.buffers[b].data) for b in used if model.buffers[b].data is not None]
+    return sum(sizes), sorted(sizes, reverse=True)
+
+
+def test_fp32_file_holds_each_weight_once(fp32_export):
+    m = fp32_export.metrics
+    weights = 4 * m["parameters"]
+    total, sizes = float_constant_bytes(fp32_export.model_path)
+    # Every weight once, plus a few KB of graph constants (masks, cache shapes); a second
+    # copy of the tied embedding would add 400 x 32 x 4 = 51,200 bytes.
+    assert weights <= total <= weights + 8192, (total, weights)
+    assert sizes[0] == 400 * 32 * 4 and sizes.count(400 * 32 * 4) == 1
+    assert m["embedding_lookups"] == 2  # token and position tables
+    ops = json.loads((fp32_export.model_path.parent / "ops.json").read_text())
+    assert "EMBEDDING_LOOKUP" in ops["builtin"] and "GATHER" in ops["builtin"]
+    assert "RegexSplitWithOffsets" in ops["select_tf"]
+    assert (fp32_export.model_path.parent / "README.md").is_file()
+
+
+def test_weightless_file_fails_the_size_check(fp32_export):
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(fp32_export.model_path))
+    for buffer in model.buffers:  # drop the large constants, as from_concrete_functions did
+        if buffer.data is not None and len(buffer.data) > 10_000:
+            buffer.data = None
+    weightless = bytes(fu.convert_object_to_bytearray(model))
+    parameters = fp32_export.metrics["parameters"]
+    with pytest.raises(PipelineError, match="weights missing or duplicated"):
+        tflite_tools.check_size(weightless, parameters, "none")
+    tflite_tools.check_size(fp32_export.model_path.read_bytes(), parameters, "none")
+    with pytest.raises(PipelineError, match="weights missing or duplicated"):  # as if doubled
+        tflite_tools.check_size(fp32_export.model_path.read_bytes(), int(parameters * 0.7), "none")
+
+
+@pytest.mark.parametrize("mode, ratio", [("fp16", 0.5), ("int8", 0.25), ("int4", 0.125)])
+def test_quantized_modes_run_and_shrink(tiny_preset, tmp_path, fp32_export, mode, ratio):
+    result = export_text_model(cfg(quantization=mode), tmp_path, preset=str(tiny_preset),
+                               verbose=False)
+    m = result.metrics
+    expected = 4 * m["parameters"] * ratio
+    # Biases, LayerNorm and scales stay float32 (about 5 KB in this tiny model); a second
+    # copy of the embedding would add 400 x 32 x ratio x 4 bytes (12.8 KB at int8).
+    assert expected <= m["weight_bytes"] <= expected * 1.12 + 6000, (m["weight_bytes"], expected)
+    assert m["size_bytes"] < fp32_export.metrics["size_bytes"]
+    v = m["verification"]
+    assert v["prompts"] >= 7 and v["match_share"] >= 0.5  # quantized: reported, mostly equal
+    assert len(v["first_differences"]) == v["prompts"]
+
+
+def test_top_k_export_matches_tensorflow_graph(tiny_preset, tmp_path):
+    result = export_text_model(cfg(quantization="none", sampler="top_k", top_k=5, seed=3,
+                                   temperature=0.7, prompts=["Tomato soup.", "Bread"]),
+                               tmp_path, preset=str(tiny_preset), verbose=False)
+    v = result.metrics["verification"]
+    assert v["reference"] == "tensorflow" and v["matches"] == 2
+
+
+def test_max_length_above_position_limit(tiny_preset, tmp_path):
+    with pytest.raises(ConfigError, match="export.max_length: 500 is above the model's position "
+                                          "limit 96"):
+        export_text_model(cfg(max_length=500), tmp_path, preset=str(tiny_preset), verbose=False)
+    assert not (tmp_path / "export").exists()
+
+
+def test_preset_without_weights(tiny_preset, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_preset.iterdir():
+        if f.is_file() and f.name != "model.weights.h5":
+            (broken / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(PresetError, match="no model.weights.h5"):
+        export_text_model(cfg(), tmp_path / "run", preset=str(broken), verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_quantization_is_one_line_cli_error(tmp_path, tiny_preset):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "export", "--preset", str(tiny_preset), "--run-dir",
+         str(tmp_path / "run"), "--set", "export.quantization=int3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: export.quantization: 'int3' is not one of none, fp16, int8, int4")
+    assert not (tmp_path / "run").exists()
