@@ -93,6 +93,10 @@ def main(argv=None) -> int:
                                     "fine-tuned model)")
     p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("bench", help="benchmarks on a GPT-2-base-shaped model "
+                                     "(`bench export --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: sys.exit(__import__("pipeline.bench").bench.main(a.rest)))
     p = sub.add_parser("build-base", help="build (or find in the cache) the embedded base preset "
                                           "and print its folder")
     p.set_defaults(func=cmd_build_base)

@@ -75,14 +75,20 @@ def flex_python(x: ExportConfig) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def run_in_flex(model_path: Path, prompts: list[str], x: ExportConfig) -> dict:
-    """Runs the .tflite in the Flex interpreter of the TF 2.19 environment."""
+def require_flex(x: ExportConfig) -> Path:
+    """Returns the Flex environment's Python, or raises a one-line set-up message."""
     python = flex_python(x)
     if not python.exists():
         raise PipelineError(
             f"export.verify needs a Python whose TFLite interpreter has the Flex delegate "
             f"(TF <= 2.19) at {python}: run `make flex-env` or set export.verify: false"
         )
+    return python
+
+
+def run_in_flex(model_path: Path, prompts: list[str], x: ExportConfig) -> dict:
+    """Runs the .tflite in the Flex interpreter of the TF 2.19 environment."""
+    python = require_flex(x)
     with tempfile.TemporaryDirectory() as tmp:
         prompts_file, out_file = Path(tmp) / "prompts.json", Path(tmp) / "out.json"
         prompts_file.write_text(json.dumps(prompts, ensure_ascii=False), encoding="utf-8")
@@ -125,8 +131,8 @@ def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
     if x.max_length > limit:
         raise ConfigError(f"export.max_length: {x.max_length} is above the model's position "
                           f"limit {limit}")
-    if x.verify and not flex_python(x).exists():
-        run_in_flex(Path("none"), [], x)  # raises the set-up message before any work
+    if x.verify:
+        require_flex(x)  # the set-up message comes before any work
 
     tokenizer = causal_lm.preprocessor.tokenizer
     weights = weights_from_backbone(causal_lm.backbone)
@@ -146,13 +152,7 @@ def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
 
     log(f"Converting ({parameters:,} parameters, max_length {x.max_length}, "
         f"{x.sampler} sampling, {x.quantization}) ...")
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        float_model = convert_saved_model(tmp, select_tf_ops=True)
-    float_model, lookups = tie_embedding(float_model)
-    check_size(float_model, parameters, "none")  # a weightless or doubled file stops here
-    model_bytes = quantize(float_model, x.quantization)
-    stored = check_size(model_bytes, parameters, x.quantization)
+    model_bytes, stored, lookups = text_model_tflite(module, parameters, x.quantization)
     ops = op_report(model_bytes)
     export_seconds = time.time() - started
 
@@ -198,6 +198,24 @@ def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
             r["first_difference"] for r in verification["rows"]]
     log(f"Wrote {model_path} ({len(model_bytes) / 1e6:.1f} MB)")
     return ExportResult(model_path=model_path, metrics=metrics)
+
+
+def text_model_tflite(module, parameters: int, quantization: str):
+    """Returns (flatbuffer, weight bytes, embedding lookups) of a TextModel module.
+
+    SavedModel -> `from_saved_model` (which freezes the weights into the file, unlike
+    `from_concrete_functions`), tied table rewired, quantized, and checked for size.
+    """
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        float_model = convert_saved_model(tmp, select_tf_ops=True)
+    float_model, lookups = tie_embedding(float_model)
+    check_size(float_model, parameters, "none")  # a weightless or doubled file stops here
+    model_bytes = quantize(float_model, quantization)
+    stored = check_size(model_bytes, parameters, quantization)
+    return model_bytes, stored, lookups
 
 
 def ops_markdown(ops: dict) -> str:

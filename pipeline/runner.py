@@ -69,10 +69,9 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.export.enabled and cfg.export.preset:
         resolve_preset(cfg.export.preset)
     if cfg.export.enabled and cfg.export.verify:
-        from pipeline.export import flex_python, run_in_flex
+        from pipeline.export import require_flex
 
-        if not flex_python(cfg.export).exists():
-            run_in_flex(None, [], cfg.export)  # raises the one-line set-up message
+        require_flex(cfg.export)
 
 
 def run(config_path, overrides: dict | None = None) -> Path:

@@ -164,8 +164,7 @@ def largest_buffers(flatbuffer: bytes, top: int = 5) -> list[int]:
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
-    sizes = sorted((len(b.data) if b.data is not None else int(getattr(b, "size", 0) or 0))
-                   for b in model.buffers)
+    sizes = sorted(_buffer_size(b) for b in model.buffers)
     return sizes[::-1][:top]
 
 
@@ -181,8 +180,15 @@ def weight_bytes(flatbuffer: bytes) -> int:
     weight_types = {types.FLOAT32, types.FLOAT16, types.INT8, types.UINT8, types.INT4}
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
     used = {t.buffer for sg in model.subgraphs for t in sg.tensors if t.type in weight_types}
-    return sum(len(model.buffers[b].data) for b in used
-               if b < len(model.buffers) and model.buffers[b].data is not None)
+    return sum(_buffer_size(model.buffers[b]) for b in used if b < len(model.buffers))
+
+
+def _buffer_size(buffer) -> int:
+    # Large models keep buffers after the flatbuffer (offset/size) instead of inline data.
+    if buffer.data is not None:
+        return len(buffer.data)
+    return int(getattr(buffer, "size", 0) or 0) if int(getattr(buffer, "offset", 0) or 0) > 1 \
+        else 0
 
 
 def check_size(flatbuffer: bytes, parameters: int, mode: str) -> int:
