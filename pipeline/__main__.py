@@ -60,6 +60,20 @@ def cmd_export(args) -> None:
     print(f"{result.model_path} ({result.metrics['size_bytes'] / 1e6:.1f} MB){checked}")
 
 
+def cmd_distill(args) -> None:
+    from pipeline.config import load_config
+    from pipeline.distill import distill
+    from pipeline.report import write_metrics
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    run_dir = args.run_dir or str(cfg.run_dir)
+    result = distill(cfg, run_dir, teacher=args.teacher)
+    write_metrics(run_dir, "distill", result.metrics)
+    ppl = result.metrics["val_perplexity"]
+    print(f"perplexity teacher {ppl['teacher']:.2f}, student {ppl['student']:.2f}, baseline "
+          f"{ppl['baseline']:.2f}; preset: {result.preset_dir}")
+
+
 def cmd_build_base(args) -> None:
     from pipeline.base import embedded_preset
 
@@ -87,6 +101,11 @@ def main(argv=None) -> int:
                     required=False)
     p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
     p.set_defaults(func=cmd_finetune)
+    p = with_config(sub.add_parser("distill", help="distill a teacher preset into a smaller "
+                                                   "student"), required=False)
+    p.add_argument("--teacher", help="teacher preset (default: the run's fine-tuned model)")
+    p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
+    p.set_defaults(func=cmd_distill)
     p = with_config(sub.add_parser("export", help="export a preset as a verified .tflite text "
                                                   "model"), required=False)
     p.add_argument("--preset", help="preset to export (default: export.preset, else the run's "

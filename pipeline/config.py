@@ -72,6 +72,23 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    enabled: bool = False  # `python -m pipeline run` distills after fine-tuning when true
+    student_layers: int = 0  # 0 = half the teacher's; initialised from every other teacher layer
+    student_hidden_dim: int = 0  # 0 = the teacher's (weights copied); else smaller, random init
+    temperature: float = 2.0  # T: softens both distributions in the KL term
+    alpha: float = 0.5  # weight of T^2 * KL(teacher || student); 1 - alpha weighs the label loss
+    epochs: int = 8
+    max_steps: int = 0  # 0 = no limit
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    speed_tokens: int = 48  # new tokens generated when timing Keras decode speed
+    seed: int = 11
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = True  # `python -m pipeline run` exports after fine-tuning
     preset: str = ""  # "" = the run's fine-tuned model; else any preset (see model.preset)
@@ -95,6 +112,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
@@ -189,7 +207,7 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Raises ConfigError for values that have the right type but an impossible value."""
-    d, f, e, x = cfg.data, cfg.finetune, cfg.eval, cfg.export
+    d, f, e, x, s = cfg.data, cfg.finetune, cfg.eval, cfg.export, cfg.distill
     checks = [
         (bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
          f"name: {cfg.name!r} must be a plain folder name"),
@@ -210,6 +228,16 @@ def validate(cfg: RunConfig) -> None:
         (e.max_length >= 2, f"eval.max_length: {e.max_length} must be >= 2"),
         (e.top_k >= 1, f"eval.top_k: {e.top_k} must be >= 1"),
         (e.temperature > 0, f"eval.temperature: {e.temperature} must be > 0"),
+        (s.student_layers >= 0, f"distill.student_layers: {s.student_layers} must be >= 0 "
+                                "(0 = half the teacher's)"),
+        (s.student_hidden_dim >= 0, f"distill.student_hidden_dim: {s.student_hidden_dim} must "
+                                    f"be >= 0 (0 = the teacher's)"),
+        (s.temperature > 0, f"distill.temperature: {s.temperature} must be > 0"),
+        (0.0 <= s.alpha <= 1.0, f"distill.alpha: {s.alpha} must be in [0, 1]"),
+        (s.epochs >= 1, f"distill.epochs: {s.epochs} must be >= 1"),
+        (s.max_steps >= 0, f"distill.max_steps: {s.max_steps} must be >= 0 (0 = no limit)"),
+        (s.batch_size >= 1, f"distill.batch_size: {s.batch_size} must be >= 1"),
+        (s.learning_rate > 0, f"distill.learning_rate: {s.learning_rate} must be > 0"),
         (x.quantization in QUANTIZATIONS,
          f"export.quantization: {x.quantization!r} is not one of {', '.join(QUANTIZATIONS)}"),
         (x.sampler in ("greedy", "top_k", "top_p"),

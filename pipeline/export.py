@@ -111,9 +111,21 @@ def compare(prompts, expected, got) -> dict:
             "match_share": sum(r["match"] for r in rows) / max(1, len(rows)), "rows": rows}
 
 
+def export_run_models(cfg: RunConfig, run_dir, verbose: bool = True) -> dict:
+    """Exports the run's models: the teacher to export/text/, a distilled student (if the
+    run has one) to export/student_text/. Returns {"teacher": result, "student": result}."""
+    results = {"teacher": export_text_model(cfg, run_dir, verbose=verbose)}
+    student = Path(run_dir) / "distill" / "preset"
+    if cfg.distill.enabled and (student / "model.weights.h5").is_file():
+        results["student"] = export_text_model(cfg, run_dir, preset=str(student),
+                                               folder="student_text", verbose=verbose)
+    return results
+
+
 def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
-                      verbose: bool = True) -> ExportResult:
-    """Exports `preset` (default: the run's fine-tuned model) as a verified text .tflite."""
+                      folder: str = "text", verbose: bool = True) -> ExportResult:
+    """Exports `preset` (default: export.preset, else the run's fine-tuned model) as a
+    verified text .tflite in `<run_dir>/export/<folder>/`."""
     import tensorflow as tf
 
     from pipeline.evaluate import generate_texts
@@ -157,7 +169,7 @@ def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
     export_seconds = time.time() - started
 
     name = f"gpt2_text_{x.quantization}.tflite"
-    final_dir = Path(run_dir) / "export" / "text"
+    final_dir = Path(run_dir) / "export" / folder
     with atomic_dir(final_dir) as out:
         model_path = out / name
         model_path.write_bytes(model_bytes)

@@ -10,7 +10,9 @@ Run folder:
   metrics.json        one section per stage
   notebooks/          the executed notebooks, with their outputs
   finetune/           the fine-tuned preset, checkpoints, TensorBoard logs, plots
+  distill/            the student preset, perplexity chart, generations
   export/text/        the .tflite text model, its op list and verification
+  export/student_text/  the same for the distilled student
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pipeline.errors import PipelineError
 from pipeline.fsutil import replace_dir, write_text
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-STAGES = [("finetune", "01_finetune.ipynb"), ("export", "03_export.ipynb")]
+STAGES = [("finetune", "01_finetune.ipynb"), ("distill", "02_distill.ipynb"),
+          ("export", "03_export.ipynb")]
 
 
 def stages(cfg: RunConfig) -> list:
     """Returns the (stage, notebook) pairs this config runs, in order."""
-    enabled = {"finetune": True, "export": cfg.export.enabled}
+    enabled = {"finetune": True, "distill": cfg.distill.enabled, "export": cfg.export.enabled}
     return [(s, nb) for s, nb in STAGES if enabled[s]]
 
 

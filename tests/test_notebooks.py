@@ -50,7 +50,7 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "config_file" in injected[0].source
     assert (run / "config.yaml").is_file() and (run / "finetune" / "preset" / "model.weights.h5").is_file()
-    exported = json.loads((run / "metrics.json").read_text())["export"]
+    exported = json.loads((run / "metrics.json").read_text())["export"]["teacher"]
     assert exported["quantization"] == "int8" and exported["max_length"] == 24
     assert exported["verification"]["prompts"] >= 7 and exported["verification"]["matches"] >= 1
     assert (run / "export" / "text" / "gpt2_text_int8.tflite").stat().st_size == exported["size_bytes"]
