@@ -91,6 +91,7 @@ class DistillConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = True  # `python -m pipeline run` exports after fine-tuning
+    targets: tuple[str, ...] = ("text", "litertlm")  # text: one-shot .tflite; litertlm: streaming bundle
     preset: str = ""  # "" = the run's fine-tuned model; else any preset (see model.preset)
     quantization: str = "int8"  # none (fp32) | fp16 | int8 (dynamic range) | int4 (dynamic range)
     max_length: int = 64  # tokens of prompt + generation, fixed in the exported graph
@@ -102,6 +103,9 @@ class ExportConfig:
     prompts: tuple[str, ...] = ()  # verification prompts; () = eval.prompts plus edge cases
     verify: bool = True  # run the .tflite in the Flex interpreter and compare with Keras
     flex_python: str = ".venv-flex/bin/python"  # Python with TF <= 2.19 (Flex delegate linked)
+    context: int = 0  # litertlm: KV cache length; 0 = the model's position limit
+    prefill_lengths: tuple[int, ...] = (32, 128)  # litertlm: one prefill_<T> signature each
+    threads: int = 2  # litertlm: CPU threads for verification and `generate`
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,12 @@ def validate(cfg: RunConfig) -> None:
         (x.top_k >= 1, f"export.top_k: {x.top_k} must be >= 1"),
         (0.0 < x.top_p <= 1.0, f"export.top_p: {x.top_p} must be in (0, 1]"),
         (x.temperature > 0, f"export.temperature: {x.temperature} must be > 0"),
+        (set(x.targets) <= {"text", "litertlm"},
+         f"export.targets: {list(x.targets)} may hold only text and litertlm"),
+        (x.context >= 0, f"export.context: {x.context} must be >= 0 (0 = position limit)"),
+        (bool(x.prefill_lengths) and min(x.prefill_lengths) >= 1,
+         f"export.prefill_lengths: {list(x.prefill_lengths)} must be one or more lengths >= 1"),
+        (x.threads >= 1, f"export.threads: {x.threads} must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -146,20 +146,26 @@ class GPT2Graph:
                 return tf.transpose(tf.reshape(x, (1, t, self.num_heads, self.head_dim)),
                                     (0, 2, 1, 3))
 
-            def forward(self, token_ids, start, caches, logits_for="last"):
-                """Runs T new tokens at positions start..start+T-1.
+            def forward(self, token_ids, start, caches, logits_for="last", positions=None,
+                        mask=None):
+                """Runs T new tokens written to the caches at start..start+T-1.
 
                 token_ids: (T,) int32; start: int32 scalar; caches: list of
-                (1, heads, S, head_dim) tensors, k and v per layer. Returns logits
-                ((1, V) for the last token, (T, V) for all, or None) and the new caches.
+                (1, heads, S, head_dim) tensors, k and v per layer. `positions` (T,) default
+                to start..start+T-1; `mask` (1, 1, T, S) is added to the attention scores
+                (0 = attend, large negative = masked) and defaults to causal over the
+                positions. Returns logits ((1, V) for the last token, (T, V) for all, or
+                None) and the new caches.
                 """
                 t = tf.shape(token_ids)[0]
                 s = tf.shape(caches[0])[2]
-                positions = start + tf.range(t)
+                if positions is None:
+                    positions = start + tf.range(t)
                 x = tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions)  # (T, H)
-                # Causal mask over the whole cache: query i sees keys 0..start+i.
-                visible = tf.range(s)[None, :] <= positions[:, None]  # (T, S)
-                bias = tf.where(visible, 0.0, -1e9)[None, None]  # (1, 1, T, S)
+                if mask is None:  # query i sees keys 0..positions[i]
+                    visible = tf.range(s)[None, :] <= positions[:, None]  # (T, S)
+                    mask = tf.where(visible, 0.0, -1e9)[None, None]  # (1, 1, T, S)
+                bias = mask
                 scale = 1.0 / math.sqrt(self.head_dim)
                 new_caches = []
                 for i, p in enumerate(self.blocks):

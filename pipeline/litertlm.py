@@ -1,0 +1,125 @@
+"""The `.litertlm` bundle: streaming model + tokenizer + metadata, run by LiteRT-LM.
+
+Bundle contents (built with `litert_lm_builder`):
+  - LLM metadata: `llm_model_type { generic_model {} }`, start token and stop token
+    `<|endoftext|>` (keras-hub's GPT-2 also starts every prompt with it), max tokens = the
+    context size of the exported caches;
+  - the `prefill_<T>`/`decode` .tflite as the PREFILL_DECODE model;
+  - the tokenizer as a Hugging Face `tokenizer.json`: keras-hub's own byte-level BPE
+    (`tokenizers` with keras-hub's split pattern), so ids are identical.
+
+Example:
+    >>> for piece in stream_generate("gpt2.litertlm", "Tomato soup.", max_new_tokens=32):
+    ...     print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def hf_tokenizer(tokenizer):
+    """Returns the `tokenizers.Tokenizer` that keras-hub's GPT2Tokenizer itself runs on.
+
+    keras-hub 0.32 tokenizes eagerly with the `tokenizers` package, using its own split
+    pattern (not GPT-2's original regex: repeated spaces and newlines group differently),
+    so serializing that very tokenizer gives a tokenizer.json with identical ids.
+    """
+    tokenizer._maybe_initialized_tokenizers()
+    return tokenizer._tokenizer
+
+
+def keras_vocabulary(tokenizer) -> tuple[dict, list[str]]:
+    """Returns (vocabulary, merges) of a keras-hub GPT2Tokenizer."""
+    vocabulary = tokenizer.get_vocabulary()
+    vocab = vocabulary if isinstance(vocabulary, dict) else {t: i for i, t in
+                                                            enumerate(vocabulary)}
+    return dict(vocab), list(tokenizer.merges)
+
+
+def write_tokenizer_files(tokenizer, folder: Path) -> Path:
+    """Writes tokenizer.json, vocab.json and merges.txt; returns the tokenizer.json path."""
+    vocab, merges = keras_vocabulary(tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer(tokenizer).save(str(folder / "tokenizer.json"))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                       encoding="utf-8")
+    return folder / "tokenizer.json"
+
+
+def metadata_textproto(start_id: int, stop_id: int, max_tokens: int) -> str:
+    # The CPU sampler takes TOP_P; k = 1 is greedy (callers pass their own sampler anyway).
+    return (f"start_token {{ token_ids {{ ids: {start_id} }} }}\n"
+            f"stop_tokens {{ token_ids {{ ids: {stop_id} }} }}\n"
+            f"max_num_tokens: {max_tokens}\n"
+            "llm_model_type { generic_model {} }\n"
+            "sampler_params { type: TOP_P k: 1 p: 1.0 temperature: 1.0 seed: 0 }\n"
+            "supports_thinking: false\n"
+            "supports_function_calling: false\n")
+
+
+def build_bundle(model_path: Path, tokenizer_json: Path, metadata: str, out_path: Path) -> None:
+    """Writes the .litertlm bundle to `out_path`."""
+    import litert_lm_builder as lb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meta_path = Path(tmp) / "llm_metadata.textproto"
+        meta_path.write_text(metadata)
+        builder = lb.LitertLmFileBuilder()
+        builder.add_system_metadata(lb.Metadata(key="Authors", value="gpt2-to-phone",
+                                                dtype=lb.DType.STRING))
+        builder.add_llm_metadata(str(meta_path))
+        builder.add_hf_tokenizer(str(tokenizer_json))
+        builder.add_tflite_model(str(model_path), lb.TfLiteModelType.PREFILL_DECODE,
+                                 backend_constraint="cpu")
+        with open(out_path, "wb") as f:
+            builder.build(f, validate_metadata=True)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    top_k: int = 1  # 1 = greedy
+    top_p: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
+
+
+def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None):
+    import litert_lm
+
+    cache = Path(tempfile.gettempdir()) / "litertlm-cache"
+    cache.mkdir(exist_ok=True)
+    return litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
+                            max_num_tokens=max_tokens, cache_dir=str(cache),
+                            enable_benchmark=True)
+
+
+def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
+                    sampling: Sampling = Sampling(), threads: int = 2, eng=None):
+    """Yields the generated text piece by piece (the prompt is not repeated)."""
+    import litert_lm
+
+    owned = eng is None
+    eng = eng or engine(Path(bundle), threads)
+    try:
+        session = eng.create_session(
+            apply_prompt_template=False,
+            sampler_config=litert_lm.SamplerConfig(top_k=sampling.top_k, top_p=sampling.top_p,
+                                                   temperature=sampling.temperature,
+                                                   seed=sampling.seed),
+            max_output_tokens=max_new_tokens)
+        session.run_prefill([prompt])
+        for response in session.run_decode_async():
+            if response.texts:
+                yield response.texts[0]
+        session.close()
+    finally:
+        if owned:
+            eng.close()

@@ -1,0 +1,60 @@
+"""Runs the streaming .tflite directly in the ai-edge-litert interpreter, as LiteRT-LM does.
+
+Used for what LiteRT-LM's Python API does not expose: decode logits (parity with Keras)
+and per-token losses (perplexity through the quantized file). Follows the runtime's
+protocol: caches start at zero, each call writes its tokens at input_pos[0]..., the mask
+holds 0 for visible positions and a large negative value elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.streaming import NEG, cache_names
+
+
+class StreamRunner:
+    def __init__(self, model_path, threads: int = 2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.decode = self.interpreter.get_signature_runner("decode")
+        details = self.decode.get_input_details()
+        self.names = [n for n in details if n.startswith("kv_cache_")]
+        self.cache_shape = tuple(details[self.names[0]]["shape"])
+        self.context = int(details["mask"]["shape"][-1])
+        self.reset()
+
+    def reset(self) -> None:
+        self.caches = {n: np.zeros(self.cache_shape, np.float32) for n in self.names}
+
+    def decode_step(self, token: int, position: int) -> np.ndarray:
+        """Feeds one token at `position`; returns its (V,) logits."""
+        mask = np.full((1, 1, 1, self.context), NEG, np.float32)
+        mask[..., : position + 1] = 0.0
+        out = self.decode(tokens=np.array([[token]], np.int32),
+                          input_pos=np.array([position], np.int32), mask=mask, **self.caches)
+        self.caches = {n: out[n] for n in self.names}
+        return out["logits"][0, 0]
+
+    def sequence_logits(self, token_ids) -> np.ndarray:
+        """Returns (N, V) logits for a sequence fed one token at a time from position 0."""
+        self.reset()
+        return np.stack([self.decode_step(int(t), i) for i, t in enumerate(token_ids)])
+
+
+def perplexity(runner: StreamRunner, split) -> dict:
+    """Returns {"loss", "perplexity"} over a TokenizedSplit, like training.perplexity."""
+    total, count = 0.0, 0.0
+    for row in range(len(split.y)):
+        n = int(split.x["padding_mask"][row].sum())
+        logits = runner.sequence_logits(split.x["token_ids"][row, :n])
+        logits = logits - logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        targets, weights = split.y[row, :n], split.w[row, :n]
+        total += float(-(log_probs[np.arange(n), targets] * weights).sum())
+        count += float(weights.sum())
+    loss = total / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

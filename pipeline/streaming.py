@@ -1,0 +1,73 @@
+"""The streaming model: `prefill_<T>` and `decode` signatures over an external KV cache.
+
+This is the contract of the LiteRT-LM runtime (read from its sources, 0.17/0.18):
+  inputs   tokens int32 [1, T]; input_pos int32 [T]; mask float32 [1, 1, T, S]
+           (0 = attend, large negative = masked; its last dim tells the runtime the
+           context size S); kv_cache_k_<i>, kv_cache_v_<i> float32 [1, heads, S, head_dim]
+  outputs  every cache under the same name (the runtime binds one buffer in and out);
+           `decode` (T = 1) also outputs logits float32 [1, 1, V]
+The runtime pads unused prefill slots with token 0 at position 0, so cache writes go
+contiguously from input_pos[0], never scattered by position. All shapes are static.
+Builtin TFLite ops only; the weights are shared by all signatures and stored once.
+
+Example:
+    >>> module = StreamingModel(GPT2Graph(weights), context=256, prefill_lengths=(32, 128))
+    >>> tf.saved_model.save(module, folder, signatures=module.signatures())
+"""
+
+from __future__ import annotations
+
+NEG = -0.7 * 3.4028235e38  # what LiteRT-LM's CPU executor writes for masked positions
+
+
+def cache_names(num_layers: int) -> list[str]:
+    names = []
+    for i in range(num_layers):
+        names += [f"kv_cache_k_{i}", f"kv_cache_v_{i}"]
+    return names
+
+
+class StreamingModel:
+    """tf.Module factory with one tf.function per signature."""
+
+    def __new__(cls, graph, context: int, prefill_lengths):
+        import tensorflow as tf
+
+        names = cache_names(graph.num_layers)
+        cache_spec = (1, graph.num_heads, context, graph.head_dim)
+
+        def specs(t):
+            spec = {"tokens": tf.TensorSpec([1, t], tf.int32, name="tokens"),
+                    "input_pos": tf.TensorSpec([t], tf.int32, name="input_pos"),
+                    "mask": tf.TensorSpec([1, 1, t, context], tf.float32, name="mask")}
+            spec.update({n: tf.TensorSpec(cache_spec, tf.float32, name=n) for n in names})
+            return spec
+
+        class _Streaming(tf.Module):
+            def __init__(self):
+                super().__init__(name="streaming")
+                self.graph = graph
+                self.context = context
+                self.prefill_lengths = tuple(prefill_lengths)
+
+            def _step(self, inputs, logits: bool):
+                caches = [inputs[n] for n in names]
+                positions = inputs["input_pos"]
+                out_logits, new = self.graph.forward(
+                    tf.reshape(inputs["tokens"], [-1]), positions[0], caches,
+                    logits_for="last" if logits else None, positions=positions,
+                    mask=inputs["mask"])
+                outputs = dict(zip(names, new))
+                if logits:
+                    outputs["logits"] = tf.reshape(out_logits, [1, 1, -1])
+                return outputs
+
+            def signatures(self):
+                sigs = {"decode": tf.function(lambda **kw: self._step(kw, True))
+                        .get_concrete_function(**specs(1))}
+                for t in self.prefill_lengths:
+                    sigs[f"prefill_{t}"] = tf.function(
+                        lambda **kw: self._step(kw, False)).get_concrete_function(**specs(t))
+                return sigs
+
+        return _Streaming()

@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.distill import (build_student, distillation_loss, student_layer_sources,
+                              train_student)
+from pipeline.errors import ConfigError
+
+LN3 = math.log(3.0)
+
+
+def loss(teacher, student, labels, weights, t, alpha):
+    return float(distillation_loss(np.array(teacher, "float32"), np.array(student, "float32"),
+                                   np.array(labels), np.array(weights, "float32"), t, alpha))
+
+
+def test_kl_term_by_hand():
+    # teacher p = [1/2, 1/2], student q = [1/4, 3/4]: KL(p||q) = 1/2 ln(4/3)
+    assert loss([[[0, 0]]], [[[0, LN3]]], [[1]], [[1]], 1.0, 1.0) == pytest.approx(
+        0.5 * math.log(4 / 3), abs=1e-6)
+    # cross-entropy alone: -ln(3/4)
+    assert loss([[[0, 0]]], [[[0, LN3]]], [[1]], [[1]], 1.0, 0.0) == pytest.approx(
+        -math.log(0.75), abs=1e-6)
+    # alpha mixes the two
+    assert loss([[[0, 0]]], [[[0, LN3]]], [[1]], [[1]], 1.0, 0.25) == pytest.approx(
+        0.25 * 0.5 * math.log(4 / 3) - 0.75 * math.log(0.75), abs=1e-6)
+
+
+def test_temperature_softens_and_scales_by_t_squared():
+    # T = 2: q = softmax([0, ln3 / 2]) = [1, sqrt 3] / (1 + sqrt 3); loss = 4 * KL(p || q)
+    q = np.array([1.0, math.sqrt(3.0)]) / (1.0 + math.sqrt(3.0))
+    expected = 4.0 * sum(0.5 * math.log(0.5 / qi) for qi in q)
+    assert loss([[[0, 0]]], [[[0, LN3]]], [[1]], [[1]], 2.0, 1.0) == pytest.approx(expected,
+                                                                                    abs=1e-6)
+
+
+def test_padding_is_masked():
+    one = loss([[[0, 0]]], [[[0, LN3]]], [[1]], [[1]], 2.0, 0.5)
+    # A second, padded token with wildly different logits changes nothing.
+    two = loss([[[0, 0], [50, -50]]], [[[0, LN3], [-50, 50]]], [[1, 0]], [[1, 0]], 2.0, 0.5)
+    assert two == pytest.approx(one, abs=1e-6)
+
+
+def test_layer_sources():
+    assert student_layer_sources(4, 2) == [0, 2]
+    assert student_layer_sources(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert student_layer_sources(2, 2) == [0, 1]
+
+
+def test_student_copies_every_other_teacher_layer(tiny_preset):
+    from pipeline.presets import load_causal_lm
+
+    teacher = load_causal_lm(str(tiny_preset)).backbone
+    cfg = load_config(None, {"distill": {"student_layers": 1}}).distill
+    student, init = build_student(teacher, cfg)
+    assert student.num_layers == 1 and init["teacher_layers"] == [0]
+    for a, b in zip(student.get_layer("transformer_layer_0").get_weights(),
+                    teacher.get_layer("transformer_layer_0").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for name in ("token_embedding", "position_embedding", "layer_norm"):
+        for a, b in zip(student.get_layer(name).get_weights(), teacher.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    default, init = build_student(teacher, load_config().distill)
+    assert default.num_layers == 1  # half of the tiny teacher's 2 layers
+    narrow, init = build_student(teacher, load_config(None, {"distill": {
+        "student_hidden_dim": 16}}).distill)
+    assert narrow.hidden_dim == 16 and init["init"].startswith("random")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"student_layers": 3}, "distill.student_layers: 3 is more than the teacher's 2 layers"),
+    ({"student_hidden_dim": 64}, "distill.student_hidden_dim: 64 is wider"),
+])
+def test_student_bigger_than_teacher_is_rejected(tiny_preset, overrides, message):
+    from pipeline.presets import load_causal_lm
+
+    teacher = load_causal_lm(str(tiny_preset)).backbone
+    with pytest.raises(ConfigError, match=message):
+        build_student(teacher, load_config(None, {"distill": overrides}).distill)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"temperature": 0}, "distill.temperature: 0.0 must be > 0"),
+    ({"temperature": -1.5}, "distill.temperature: -1.5 must be > 0"),
+    ({"alpha": 1.5}, r"distill.alpha: 1.5 must be in \[0, 1\]"),
+    ({"alpha": -0.1}, r"distill.alpha: -0.1 must be in \[0, 1\]"),
+])
+def test_bad_distill_settings(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"distill": overrides})
+
+
+def test_few_steps_lower_the_distillation_loss(tiny_preset, kitchen_lines):
+    import keras_hub
+
+    from pipeline.data import tokenize
+    from pipeline.presets import load_causal_lm
+
+    teacher = load_causal_lm(str(tiny_preset))
+    teacher.preprocessor.sequence_length = 48
+    train = tokenize(kitchen_lines[:48], teacher.preprocessor)
+    cfg = load_config(None, {"distill": {"max_steps": 12, "batch_size": 8,
+                                         "learning_rate": 3e-3}}).distill
+    student, _ = build_student(teacher.backbone, cfg)
+    student_lm = keras_hub.models.GPT2CausalLM(student, teacher.preprocessor)
+    losses = train_student(student_lm, teacher, train, cfg, cfg.alpha, "test", verbose=False)
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
