@@ -48,16 +48,16 @@ def cmd_finetune(args) -> None:
 
 def cmd_export(args) -> None:
     from pipeline.config import load_config
-    from pipeline.export import export_text_model
+    from pipeline.export import export_preset
     from pipeline.report import write_metrics
 
     cfg = load_config(args.config, parse_sets(args.set))
     run_dir = args.run_dir or str(cfg.run_dir)
-    result = export_text_model(cfg, run_dir, preset=args.preset)
-    write_metrics(run_dir, "export", result.metrics)
-    v = result.metrics["verification"]
-    checked = f"; {v['matches']}/{v['prompts']} prompts match {v['reference']}" if v else ""
-    print(f"{result.model_path} ({result.metrics['size_bytes'] / 1e6:.1f} MB){checked}")
+    results = export_preset(cfg, run_dir, preset=args.preset)
+    write_metrics(run_dir, "export", {"model": {k: r.metrics for k, r in results.items()}})
+    for target, result in results.items():
+        path = getattr(result, "model_path", None) or result.bundle_path
+        print(f"{target}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def cmd_distill(args) -> None:
@@ -72,6 +72,33 @@ def cmd_distill(args) -> None:
     ppl = result.metrics["val_perplexity"]
     print(f"perplexity teacher {ppl['teacher']:.2f}, student {ppl['student']:.2f}, baseline "
           f"{ppl['baseline']:.2f}; preset: {result.preset_dir}")
+
+
+def cmd_generate(args) -> None:
+    from pipeline.litertlm import (Sampling, check_prompt, context_of, engine, find_bundle,
+                                   stream_generate)
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: {args.max_new_tokens} must be >= 1")
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature: {args.temperature} must be > 0")
+    bundle = find_bundle(args.bundle)
+    context = context_of(bundle)
+    sampling = {"greedy": Sampling(top_k=1),
+                "top_k": Sampling(top_k=args.top_k, temperature=args.temperature,
+                                  seed=args.seed),
+                "top_p": Sampling(top_k=args.top_k, top_p=args.top_p,
+                                  temperature=args.temperature, seed=args.seed)}[args.sampler]
+    n = check_prompt(bundle, args.prompt, context)
+    eng = engine(bundle, args.threads, max_tokens=context)
+    try:
+        new = min(args.max_new_tokens, context - n)
+        print(args.prompt, end="", flush=True)
+        for piece in stream_generate(bundle, args.prompt, new, sampling, eng=eng):
+            print(piece, end="", flush=True)
+        print()
+    finally:
+        eng.close()
 
 
 def cmd_build_base(args) -> None:
@@ -112,6 +139,17 @@ def main(argv=None) -> int:
                                     "fine-tuned model)")
     p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("generate", help="stream text from a .litertlm bundle with LiteRT-LM")
+    p.add_argument("bundle", help="a .litertlm file or a run folder (uses export/litertlm/)")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p"], default="greedy")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_generate)
     p = sub.add_parser("bench", help="benchmarks on a GPT-2-base-shaped model "
                                      "(`bench export --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -111,14 +111,32 @@ def compare(prompts, expected, got) -> dict:
             "match_share": sum(r["match"] for r in rows) / max(1, len(rows)), "rows": rows}
 
 
+def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, prefix: str = "",
+                  verbose: bool = True) -> dict:
+    """Exports one preset to every target in export.targets; returns {target: result}.
+
+    Folders: <run_dir>/export/<prefix>text/ and <run_dir>/export/<prefix>litertlm/.
+    """
+    from pipeline.export_stream import export_litertlm
+
+    results = {}
+    if "text" in cfg.export.targets:
+        results["text"] = export_text_model(cfg, run_dir, preset=preset, folder=prefix + "text",
+                                            verbose=verbose)
+    if "litertlm" in cfg.export.targets:
+        results["litertlm"] = export_litertlm(cfg, run_dir, preset=preset,
+                                              folder=prefix + "litertlm", verbose=verbose)
+    return results
+
+
 def export_run_models(cfg: RunConfig, run_dir, verbose: bool = True) -> dict:
-    """Exports the run's models: the teacher to export/text/, a distilled student (if the
-    run has one) to export/student_text/. Returns {"teacher": result, "student": result}."""
-    results = {"teacher": export_text_model(cfg, run_dir, verbose=verbose)}
+    """Exports the run's models: the teacher (export.preset, else the fine-tuned model) and,
+    when the run distilled one, the student. Returns {"teacher": {target: result}, ...}."""
+    results = {"teacher": export_preset(cfg, run_dir, verbose=verbose)}
     student = Path(run_dir) / "distill" / "preset"
-    if cfg.distill.enabled and (student / "model.weights.h5").is_file():
-        results["student"] = export_text_model(cfg, run_dir, preset=str(student),
-                                               folder="student_text", verbose=verbose)
+    if cfg.distill.enabled and not cfg.export.preset and (student / "model.weights.h5").is_file():
+        results["student"] = export_preset(cfg, run_dir, preset=str(student), prefix="student_",
+                                           verbose=verbose)
     return results
 
 

@@ -91,13 +91,62 @@ class Sampling:
     seed: int = 0
 
 
+def find_bundle(path) -> Path:
+    """Returns the .litertlm named by `path`: the file itself, or the newest one in a run."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix != ".litertlm":
+            raise PipelineError(f"{p} is not a .litertlm bundle")
+        return p
+    if p.is_dir():
+        found = sorted(p.glob("export/litertlm/*.litertlm")) + sorted(p.glob("*.litertlm"))
+        if found:
+            return found[0]
+        raise PipelineError(f"{p} holds no .litertlm bundle (export it with `python -m "
+                            f"pipeline export` and export.targets including litertlm)")
+    raise PipelineError(f"{p} does not exist: give a .litertlm file or a run folder")
+
+
+def context_of(bundle: Path) -> int:
+    """Returns max_num_tokens from the bundle's metadata (written next to it on export)."""
+    meta = bundle.parent / "llm_metadata.textproto"
+    if meta.is_file():
+        for line in meta.read_text().splitlines():
+            if line.startswith("max_num_tokens:"):
+                return int(line.split(":")[1])
+    return 1024
+
+
+def check_prompt(bundle: Path, prompt: str, context: int) -> int:
+    """Returns the prompt's token count (start token included) or raises a one-line error.
+
+    Uses the tokenizer.json exported beside the bundle, so no runtime is started.
+    """
+    if not prompt.strip():
+        raise PipelineError("the prompt is empty: give some text to continue")
+    tokenizer_json = bundle.parent / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return 1  # a bare bundle: the runtime itself refuses over-long prompts
+    import tokenizers
+
+    n = len(tokenizers.Tokenizer.from_file(str(tokenizer_json)).encode(prompt).ids) + 1
+    if n >= context:
+        raise PipelineError(f"the prompt has {n} tokens but the model's context is {context}: "
+                            f"shorten it to fewer than {context - 1} tokens")
+    return n
+
+
 def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None):
     import litert_lm
 
+    litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # quiet the runtime's INFO logs
     cache = Path(tempfile.gettempdir()) / "litertlm-cache"
     cache.mkdir(exist_ok=True)
+    # float32 activations: the runtime's default for text decoders is fp16, which would
+    # break exact parity with Keras.
     return litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
                             max_num_tokens=max_tokens, cache_dir=str(cache),
+                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
                             enable_benchmark=True)
 
 

@@ -50,11 +50,16 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "config_file" in injected[0].source
     assert (run / "config.yaml").is_file() and (run / "finetune" / "preset" / "model.weights.h5").is_file()
-    exported = json.loads((run / "metrics.json").read_text())["export"]["teacher"]
+    exports = json.loads((run / "metrics.json").read_text())["export"]["teacher"]
+    exported = exports["text"]
     assert exported["quantization"] == "int8" and exported["max_length"] == 24
     assert exported["verification"]["prompts"] >= 7 and exported["verification"]["matches"] >= 1
     assert (run / "export" / "text" / "gpt2_text_int8.tflite").stat().st_size == exported["size_bytes"]
     assert (run / "notebooks" / "03_export.ipynb").is_file()
+    bundle = exports["litertlm"]
+    assert bundle["verification"]["tokenizer_identical"] == "13/13"
+    assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
+    assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["bundle_bytes"]
 
 
 def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
