@@ -118,8 +118,13 @@ def main(argv) -> int:
         mode, out_file, preset, max_length = argv[1:5]
         export_one(mode, out_file, preset or None, int(max_length))
         return 0
+    if argv and argv[0] == "litertlm":
+        from pipeline.bench_stream import main as bench_litertlm
+
+        return bench_litertlm(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipeline bench")
-    parser.add_argument("target", choices=["export"])
+    parser.add_argument("target", choices=["export", "litertlm"],
+                        help="export: text-model sizes; litertlm: LiteRT-LM vs Keras speed")
     parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown")
     parser.add_argument("--modes", default="none,fp16,int8,int4")
     parser.add_argument("--preset", help="a real preset instead of random GPT-2-base weights")

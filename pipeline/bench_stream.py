@@ -1,0 +1,239 @@
+"""`python -m pipeline bench litertlm`: LiteRT-LM vs Keras generation, side by side, one run.
+
+Both run on the same GPT-2-base-shaped model (random weights, real GPT-2 tokenizer; or
+`--preset`), the same CPU and the same thread count, each in its own child process so that
+its peak RSS is its own. Reported per engine: time to first token for 32- and 128-token
+prompts, prefill tokens/s, decode tokens/s, peak RSS, file size; plus the machine's memory
+read bandwidth, which bounds decode speed (every token reads every weight once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.fsutil import write_json, write_text
+
+TARGETS = {"decode_ratio": 3.0, "prefill_ratio": 3.0, "file_mb": 130, "rss_mb": 400}
+
+
+def prompt_with_tokens(tokenizer, n: int) -> str:
+    """Returns text of exactly `n` tokens for `tokenizer` (a keras-hub tokenizer)."""
+    text = " ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * n)
+    ids = [int(i) for i in tokenizer(text)][:n]
+    out = str(tokenizer.detokenize(ids))
+    assert len(tokenizer(out)) == n, "prompt length drifted on re-tokenization"
+    return out
+
+
+def load(preset: str | None):
+    """Returns (keras-hub tokenizer, GPT2Weights) for a preset or the GPT-2 base shape."""
+    from pipeline.gpt2_graph import random_weights, weights_from_backbone
+
+    if preset:
+        from pipeline.presets import load_causal_lm
+
+        lm = load_causal_lm(preset)
+        return lm.preprocessor.tokenizer, weights_from_backbone(lm.backbone)
+    from pipeline.bench import GPT2_BASE, gpt2_tokenizer
+
+    return gpt2_tokenizer(), random_weights(**GPT2_BASE)
+
+
+def child_export(out_dir: str, preset: str, mode: str, context: int) -> None:
+    from pipeline.export_stream import streaming_tflite
+    from pipeline.litertlm import build_bundle, metadata_textproto, write_tokenizer_files
+
+    tokenizer, weights = load(preset or None)
+    model, _ = streaming_tflite(weights, context, (32, 128), mode)
+    out = Path(out_dir)
+    (out / "model.tflite").write_bytes(model)
+    tj = write_tokenizer_files(tokenizer, out)
+    meta = metadata_textproto(tokenizer.start_token_id, tokenizer.end_token_id, context)
+    build_bundle(out / "model.tflite", tj, meta, out / "model.litertlm")
+    (out / "prompts.json").write_text(json.dumps(
+        {n: prompt_with_tokens(tokenizer, n) for n in (32, 128)}))
+
+
+def child_litertlm(out_dir: str, threads: int, new_tokens: int, context: int) -> None:
+    import litert_lm
+
+    from pipeline.litertlm import engine
+
+    out = Path(out_dir)
+    prompts = json.loads((out / "prompts.json").read_text())
+    eng = engine(out / "model.litertlm", threads, max_tokens=context)
+    results = {}
+    for n, prompt in prompts.items():
+        for attempt in range(2):  # the first pass warms caches; keep the second
+            session = eng.create_session(
+                apply_prompt_template=False,
+                sampler_config=litert_lm.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0,
+                                                       seed=0),
+                max_output_tokens=new_tokens)
+            session.run_prefill([prompt])
+            pieces = sum(1 for _ in session.run_decode_async())
+            info = session.get_benchmark_info()
+            session.close()
+        results[n] = {"ttft_s": info.time_to_first_token_in_second,
+                      "prefill_tokens": info.last_prefill_token_count,
+                      "prefill_tps": info.last_prefill_tokens_per_second,
+                      "decode_tokens": info.last_decode_token_count,
+                      "decode_tps": info.last_decode_tokens_per_second, "pieces": pieces}
+    eng.close()
+    (out / "litertlm.json").write_text(json.dumps(results))
+
+
+def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras_hub
+
+    out = Path(out_dir)
+    prompts = json.loads((out / "prompts.json").read_text())
+    if preset:
+        from pipeline.presets import load_causal_lm
+
+        lm = load_causal_lm(preset)
+    else:
+        from pipeline.bench import GPT2_BASE, gpt2_tokenizer
+
+        tokenizer = gpt2_tokenizer()
+        shape = dict(GPT2_BASE)
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=shape["vocabulary_size"], num_layers=shape["num_layers"],
+            num_heads=shape["num_heads"], hidden_dim=shape["hidden_dim"],
+            intermediate_dim=shape["intermediate_dim"], max_sequence_length=shape["max_positions"])
+        lm = keras_hub.models.GPT2CausalLM(
+            backbone, keras_hub.models.GPT2CausalLMPreprocessor(tokenizer))
+    lm.compile(sampler="greedy")
+    results = {}
+    for n, prompt in prompts.items():
+        length = int(n) + 1  # + start token
+
+        def timed(max_length):
+            lm.generate([prompt], max_length=max_length, stop_token_ids=None)  # trace, warm up
+            started = time.perf_counter()
+            lm.generate([prompt], max_length=max_length, stop_token_ids=None)
+            return time.perf_counter() - started
+
+        first = timed(length + 1)
+        full = timed(length + new_tokens)
+        results[n] = {"ttft_s": first, "prefill_tokens": length, "prefill_tps": length / first,
+                      "decode_tokens": new_tokens - 1,
+                      "decode_tps": (new_tokens - 1) / max(full - first, 1e-9)}
+    (out / "keras.json").write_text(json.dumps(results))
+
+
+def run_child(*args) -> tuple[float, float]:
+    """Runs `python -m pipeline.bench_stream ARGS`; returns (seconds, peak RSS MB)."""
+    started = time.time()
+    child = subprocess.Popen([sys.executable, "-m", "pipeline.bench_stream", *map(str, args)])
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise SystemExit(f"benchmark step {args[0]} failed (status {status})")
+    return time.time() - started, usage.ru_maxrss / 1024
+
+
+def read_bandwidth_gbs() -> float:
+    """Returns single-process memory read bandwidth (GB/s) from summing a 512 MB array."""
+    import numpy as np
+
+    data = np.ones(64 * 1024 * 1024, dtype=np.float64)  # 512 MB
+    data.sum()
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best / 1e9
+
+
+def bench(out_dir: Path, preset: str | None, mode: str, threads: int, new_tokens: int,
+          context: int) -> dict:
+    work = out_dir / "litertlm-work"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"exporting the streaming model ({mode}) ...", flush=True)
+    export_seconds, export_rss = run_child("_export", work, preset or "", mode, context)
+    print("running LiteRT-LM ...", flush=True)
+    _, litert_rss = run_child("_litertlm", work, threads, new_tokens, context)
+    print("running Keras ...", flush=True)
+    _, keras_rss = run_child("_keras", work, preset or "", threads, new_tokens)
+    lite = json.loads((work / "litertlm.json").read_text())
+    keras = json.loads((work / "keras.json").read_text())
+    size_mb = (work / "model.litertlm").stat().st_size / 1e6
+    result = {"model": preset or "GPT-2 base shape, random weights", "quantization": mode,
+              "threads": threads, "context": context, "new_tokens": new_tokens,
+              "read_bandwidth_gbs": read_bandwidth_gbs(), "litertlm": lite, "keras": keras,
+              "litertlm_peak_rss_mb": litert_rss, "keras_peak_rss_mb": keras_rss,
+              "bundle_mb": size_mb, "export_seconds": export_seconds,
+              "export_peak_rss_mb": export_rss}
+    decode = [lite[n]["decode_tps"] / keras[n]["decode_tps"] for n in lite]
+    prefill = [lite[n]["prefill_tps"] / keras[n]["prefill_tps"] for n in lite]
+    result["ratios"] = {"decode": min(decode), "prefill": min(prefill)}
+    result["meets"] = {"decode": min(decode) >= TARGETS["decode_ratio"],
+                       "prefill": min(prefill) >= TARGETS["prefill_ratio"],
+                       "file": size_mb <= TARGETS["file_mb"],
+                       "rss": litert_rss <= TARGETS["rss_mb"]}
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    return result
+
+
+def markdown(r: dict) -> str:
+    lines = [f"LiteRT-LM vs Keras, {r['model']}, {r['quantization']}, {r['threads']} threads, "
+             f"context {r['context']}; memory read bandwidth {r['read_bandwidth_gbs']:.1f} GB/s",
+             "", "| metric | Keras | LiteRT-LM | ratio | target |", "|---|---|---|---|---|"]
+    for n in r["litertlm"]:
+        k, lt = r["keras"][n], r["litertlm"][n]
+        lines.append(f"| time to first token, {n}-token prompt (s) | {k['ttft_s']:.3f} | "
+                     f"{lt['ttft_s']:.3f} | {k['ttft_s'] / lt['ttft_s']:.1f}x faster | |")
+        lines.append(f"| prefill tokens/s, {n}-token prompt | {k['prefill_tps']:.1f} | "
+                     f"{lt['prefill_tps']:.1f} | {lt['prefill_tps'] / k['prefill_tps']:.1f}x | "
+                     f">= 3x |")
+        lines.append(f"| decode tokens/s, after {n}-token prompt | {k['decode_tps']:.1f} | "
+                     f"{lt['decode_tps']:.1f} | {lt['decode_tps'] / k['decode_tps']:.1f}x | "
+                     f">= 3x |")
+    lines.append(f"| peak RSS (MB) | {r['keras_peak_rss_mb']:.0f} | "
+                 f"{r['litertlm_peak_rss_mb']:.0f} | | <= 400 |")
+    lines.append(f"| file (MB) | | {r['bundle_mb']:.1f} | | <= 130 |")
+    lines.append("")
+    lines.append("Meets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["meets"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+    import argparse
+
+    if argv and argv[0].startswith("_"):
+        step, *rest = argv
+        {"_export": lambda: child_export(rest[0], rest[1], rest[2], int(rest[3])),
+         "_litertlm": lambda: child_litertlm(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
+         "_keras": lambda: child_keras(rest[0], rest[1], int(rest[2]), int(rest[3]))}[step]()
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m pipeline bench litertlm")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--preset", help="a real preset instead of random GPT-2-base weights")
+    parser.add_argument("--quantization", default="int8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--context", type=int, default=1024)
+    args = parser.parse_args(argv)
+    result = bench(Path(args.out), args.preset, args.quantization, args.threads,
+                   args.new_tokens, args.context)
+    table = markdown(result)
+    write_json(Path(args.out) / "litertlm.json", result)
+    write_text(Path(args.out) / "litertlm.md", table)
+    print(table)
+    return 0 if all(result["meets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
