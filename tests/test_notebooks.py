@@ -56,6 +56,14 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     assert exported["verification"]["prompts"] >= 7 and exported["verification"]["matches"] >= 1
     assert (run / "export" / "text" / "gpt2_text_int8.tflite").stat().st_size == exported["size_bytes"]
     assert (run / "notebooks" / "03_export.ipynb").is_file()
+    distilled = json.loads((run / "metrics.json").read_text())["distill"]
+    assert distilled["steps"] == 4 and distilled["student_layers"] == 1
+    assert set(distilled["val_perplexity"]) == {"teacher", "student", "baseline"}
+    assert (run / "notebooks" / "02_distill.ipynb").is_file()
+    assert (run / "distill" / "perplexity.png").is_file()
+    student = json.loads((run / "metrics.json").read_text())["export"]["student"]
+    assert student["text"]["parameters"] < exported["parameters"]
+    assert (run / "export" / "student_litertlm" / "gpt2_int8.litertlm").is_file()
     bundle = exports["litertlm"]
     assert bundle["verification"]["tokenizer_identical"] == "13/13"
     assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
