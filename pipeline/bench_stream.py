@@ -66,7 +66,7 @@ def child_litertlm(out_dir: str, threads: int, new_tokens: int, context: int) ->
 
     out = Path(out_dir)
     prompts = json.loads((out / "prompts.json").read_text())
-    eng = engine(out / "model.litertlm", threads, max_tokens=context)
+    eng = engine(out / "model.litertlm", threads, max_tokens=context, cache_dir=out / "cache")
     results = {}
     for n, prompt in prompts.items():
         for attempt in range(2):  # the first pass warms caches; keep the second
@@ -161,7 +161,10 @@ def bench(out_dir: Path, preset: str | None, mode: str, threads: int, new_tokens
     work.mkdir(parents=True, exist_ok=True)
     print(f"exporting the streaming model ({mode}) ...", flush=True)
     export_seconds, export_rss = run_child("_export", work, preset or "", mode, context)
-    print("running LiteRT-LM ...", flush=True)
+    print("running LiteRT-LM (first launch: XNNPACK packs the weights into its cache) ...",
+          flush=True)
+    _, first_rss = run_child("_litertlm", work, threads, new_tokens, context)
+    print("running LiteRT-LM (later launches reuse the packed weights) ...", flush=True)
     _, litert_rss = run_child("_litertlm", work, threads, new_tokens, context)
     print("running Keras ...", flush=True)
     _, keras_rss = run_child("_keras", work, preset or "", threads, new_tokens)
@@ -171,7 +174,8 @@ def bench(out_dir: Path, preset: str | None, mode: str, threads: int, new_tokens
     result = {"model": preset or "GPT-2 base shape, random weights", "quantization": mode,
               "threads": threads, "context": context, "new_tokens": new_tokens,
               "read_bandwidth_gbs": read_bandwidth_gbs(), "litertlm": lite, "keras": keras,
-              "litertlm_peak_rss_mb": litert_rss, "keras_peak_rss_mb": keras_rss,
+              "litertlm_peak_rss_mb": litert_rss, "litertlm_first_launch_rss_mb": first_rss,
+              "keras_peak_rss_mb": keras_rss,
               "bundle_mb": size_mb, "export_seconds": export_seconds,
               "export_peak_rss_mb": export_rss}
     decode = [lite[n]["decode_tps"] / keras[n]["decode_tps"] for n in lite]
@@ -181,9 +185,9 @@ def bench(out_dir: Path, preset: str | None, mode: str, threads: int, new_tokens
                        "prefill": min(prefill) >= TARGETS["prefill_ratio"],
                        "file": size_mb <= TARGETS["file_mb"],
                        "rss": litert_rss <= TARGETS["rss_mb"]}
-    for f in work.iterdir():
-        f.unlink()
-    work.rmdir()
+    import shutil
+
+    shutil.rmtree(work)
     return result
 
 
@@ -203,6 +207,8 @@ def markdown(r: dict) -> str:
                      f">= 3x |")
     lines.append(f"| peak RSS (MB) | {r['keras_peak_rss_mb']:.0f} | "
                  f"{r['litertlm_peak_rss_mb']:.0f} | | <= 400 |")
+    lines.append(f"| peak RSS, first launch (packs weights) (MB) | | "
+                 f"{r['litertlm_first_launch_rss_mb']:.0f} | | |")
     lines.append(f"| file (MB) | | {r['bundle_mb']:.1f} | | <= 130 |")
     lines.append("")
     lines.append("Meets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["meets"].items()))

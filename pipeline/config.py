@@ -47,9 +47,9 @@ class DataConfig:
 class FinetuneConfig:
     sequence_length: int = 192  # tokens per example incl. start/end token; <= the model's limit
     batch_size: int = 16
-    epochs: int = 6
+    epochs: int = 8
     max_steps: int = 0  # 0 = no limit; else stop after this many optimizer steps
-    learning_rate: float = 1e-3  # peak learning rate of AdamW
+    learning_rate: float = 2e-3  # peak learning rate of AdamW
     warmup_fraction: float = 0.1  # share of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.01
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
@@ -78,7 +78,7 @@ class DistillConfig:
     student_hidden_dim: int = 0  # 0 = the teacher's (weights copied); else smaller, random init
     temperature: float = 2.0  # T: softens both distributions in the KL term
     alpha: float = 0.5  # weight of T^2 * KL(teacher || student); 1 - alpha weighs the label loss
-    epochs: int = 8
+    epochs: int = 4
     max_steps: int = 0  # 0 = no limit
     batch_size: int = 16
     learning_rate: float = 1e-3

@@ -146,16 +146,47 @@ class GPT2Graph:
                 return tf.transpose(tf.reshape(x, (1, t, self.num_heads, self.head_dim)),
                                     (0, 2, 1, 3))
 
+            def _attend(self, q, k_cache, v_cache, bias, visible, buckets):
+                """Softmax attention of q (1, heads, T, hd) over the first cache rows.
+
+                With `buckets` (static sizes), it reads the smallest bucket holding
+                `visible` rows, chosen by nested tf.cond: static shapes, so the runtime
+                never re-plans memory between decode steps. Else it slices to `visible`.
+                """
+                scale = 1.0 / math.sqrt(self.head_dim)
+
+                def core(k, v, b):
+                    scores = tf.matmul(q, k, transpose_b=True) * scale
+                    return tf.matmul(tf.nn.softmax(scores + b, axis=-1), v)
+
+                if visible is None:
+                    return core(k_cache, v_cache, bias)
+                if not buckets:
+                    return core(k_cache[:, :, :visible], v_cache[:, :, :visible],
+                                bias[:, :, :, :visible])
+
+                def branch(size):
+                    return lambda: core(k_cache[:, :, :size], v_cache[:, :, :size],
+                                        bias[:, :, :, :size])
+
+                out = branch(buckets[-1])
+                for size in reversed(buckets[:-1]):
+                    out = (lambda size, rest: lambda: tf.cond(
+                        visible <= size, branch(size), rest))(size, out)
+                return out()
+
             def forward(self, token_ids, start, caches, logits_for="last", positions=None,
-                        mask=None):
+                        mask=None, visible=None, buckets=None):
                 """Runs T new tokens written to the caches at start..start+T-1.
 
                 token_ids: (T,) int32; start: int32 scalar; caches: list of
                 (1, heads, S, head_dim) tensors, k and v per layer. `positions` (T,) default
                 to start..start+T-1; `mask` (1, 1, T, S) is added to the attention scores
                 (0 = attend, large negative = masked) and defaults to causal over the
-                positions. Returns logits ((1, V) for the last token, (T, V) for all, or
-                None) and the new caches.
+                positions. `visible` (int32 scalar) limits attention to the first
+                `visible` cache rows (all later rows are masked anyway), so its cost follows
+                the text so far instead of the cache size. Returns logits ((1, V) for the
+                last token, (T, V) for all, or None) and the new caches.
                 """
                 t = tf.shape(token_ids)[0]
                 s = tf.shape(caches[0])[2]
@@ -166,7 +197,6 @@ class GPT2Graph:
                     visible = tf.range(s)[None, :] <= positions[:, None]  # (T, S)
                     mask = tf.where(visible, 0.0, -1e9)[None, None]  # (1, 1, T, S)
                 bias = mask
-                scale = 1.0 / math.sqrt(self.head_dim)
                 new_caches = []
                 for i, p in enumerate(self.blocks):
                     h = self._norm(x, p["ln1_g"], p["ln1_b"])
@@ -176,9 +206,8 @@ class GPT2Graph:
                     k_cache = _update(caches[2 * i], self._heads(k, t), at)
                     v_cache = _update(caches[2 * i + 1], self._heads(v, t), at)
                     new_caches += [k_cache, v_cache]
-                    scores = tf.matmul(self._heads(q, t), k_cache, transpose_b=True) * scale
-                    probs = tf.nn.softmax(scores + bias, axis=-1)  # (1, heads, T, S)
-                    a = tf.matmul(probs, v_cache)  # (1, heads, T, head_dim)
+                    a = self._attend(self._heads(q, t), k_cache, v_cache, bias, visible,
+                                     buckets)  # (1, heads, T, head_dim)
                     a = tf.reshape(tf.transpose(a, (0, 2, 1, 3)), (t, self.hidden_dim))
                     x = x + tf.matmul(a, p["w_o"]) + p["b_o"]
                     h = self._norm(x, p["ln2_g"], p["ln2_b"])

@@ -49,14 +49,19 @@ class StreamingModel:
                 self.graph = graph
                 self.context = context
                 self.prefill_lengths = tuple(prefill_lengths)
+                # decode attends over the smallest of these that holds the text so far
+                self.buckets = [b for b in (128, 256, 512) if b < context] + [context]
 
             def _step(self, inputs, logits: bool):
                 caches = [inputs[n] for n in names]
                 positions = inputs["input_pos"]
+                t = inputs["tokens"].shape[1]
+                # Rows past start + T are empty: attention reads only the text so far.
                 out_logits, new = self.graph.forward(
                     tf.reshape(inputs["tokens"], [-1]), positions[0], caches,
                     logits_for="last" if logits else None, positions=positions,
-                    mask=inputs["mask"])
+                    mask=inputs["mask"], visible=positions[0] + t,
+                    buckets=self.buckets if t == 1 else None)
                 outputs = dict(zip(names, new))
                 if logits:
                     outputs["logits"] = tf.reshape(out_logits, [1, 1, -1])
