@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.fsutil import atomic_dir
 
 END_TOKEN = "<|endoftext|>"
 BUILD_VERSION = 2  # bump when the build code changes what it produces

@@ -142,8 +142,6 @@ def decode_tokens_per_second(causal_lm, prompt: str, new_tokens: int) -> float:
     """Returns Keras greedy decode speed (tokens/s), timed after a warm-up call."""
     import keras_hub
 
-    from pipeline.evaluate import generate_texts
-
     causal_lm.sampler = keras_hub.samplers.GreedySampler()
     causal_lm.generate_function = None
     prompt_tokens = len(causal_lm.preprocessor.tokenizer(prompt)) + 1

@@ -140,6 +140,15 @@ def export_run_models(cfg: RunConfig, run_dir, verbose: bool = True) -> dict:
     return results
 
 
+def load_export_source(cfg: RunConfig, run_dir, preset: str | None = None):
+    """Returns (preset, GPT2CausalLM): `preset`, else export.preset, else the run's
+    fine-tuned model (which must exist)."""
+    source = preset or cfg.export.preset or str(Path(run_dir) / "finetune" / "preset")
+    if not (preset or cfg.export.preset):
+        check_local_preset(Path(source))
+    return source, load_causal_lm(source)
+
+
 def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
                       folder: str = "text", verbose: bool = True) -> ExportResult:
     """Exports `preset` (default: export.preset, else the run's fine-tuned model) as a
@@ -153,10 +162,7 @@ def export_text_model(cfg: RunConfig, run_dir, preset: str | None = None,
     x = cfg.export
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
-    source = preset or x.preset or str(Path(run_dir) / "finetune" / "preset")
-    if not (preset or x.preset):
-        check_local_preset(Path(source))
-    causal_lm = load_causal_lm(source)
+    source, causal_lm = load_export_source(cfg, run_dir, preset)
     limit = causal_lm.backbone.max_sequence_length
     if x.max_length > limit:
         raise ConfigError(f"export.max_length: {x.max_length} is above the model's position "

@@ -26,7 +26,6 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fsutil import atomic_dir, write_json, write_text
-from pipeline.presets import check_local_preset, load_causal_lm
 from pipeline.tflite_tools import check_size, convert_saved_model, quantize, tie_embedding
 
 LOGIT_TOLERANCE = 1e-3  # fp32 decode logits vs Keras: summation order only
@@ -155,13 +154,12 @@ def export_litertlm(cfg: RunConfig, run_dir, preset: str | None = None,
     from pipeline.stream_runner import StreamRunner, perplexity as tflite_perplexity
     from pipeline.training import perplexity as keras_perplexity
 
+    from pipeline.export import load_export_source
+
     x = cfg.export
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
-    source = preset or x.preset or str(Path(run_dir) / "finetune" / "preset")
-    if not (preset or x.preset):
-        check_local_preset(Path(source))
-    causal_lm = load_causal_lm(source)
+    source, causal_lm = load_export_source(cfg, run_dir, preset)
     context, lengths = plan_shapes(cfg, causal_lm.backbone.max_sequence_length)
     tokenizer = causal_lm.preprocessor.tokenizer
     weights = weights_from_backbone(causal_lm.backbone)

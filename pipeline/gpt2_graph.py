@@ -194,8 +194,8 @@ class GPT2Graph:
                     positions = start + tf.range(t)
                 x = tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions)  # (T, H)
                 if mask is None:  # query i sees keys 0..positions[i]
-                    visible = tf.range(s)[None, :] <= positions[:, None]  # (T, S)
-                    mask = tf.where(visible, 0.0, -1e9)[None, None]  # (1, 1, T, S)
+                    seen = tf.range(s)[None, :] <= positions[:, None]  # (T, S)
+                    mask = tf.where(seen, 0.0, -1e9)[None, None]  # (1, 1, T, S)
                 bias = mask
                 new_caches = []
                 for i, p in enumerate(self.blocks):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from pipeline.streaming import NEG, cache_names
+from pipeline.streaming import NEG
 
 
 class StreamRunner:

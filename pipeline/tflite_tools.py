@@ -17,7 +17,6 @@ the GATHER as an EMBEDDING_LOOKUP, whose hybrid kernel reads per-row int8/int4 s
 from __future__ import annotations
 
 import collections
-import os
 import tempfile
 from pathlib import Path
 
