@@ -46,8 +46,13 @@ def write_tokenizer_files(tokenizer, folder: Path) -> Path:
     """Writes tokenizer.json, vocab.json and merges.txt; returns the tokenizer.json path."""
     vocab, merges = keras_vocabulary(tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    # Compact JSON: the bundle stores it zlib-compressed, 66 KB smaller for GPT-2's vocabulary.
-    hf_tokenizer(tokenizer).save(str(folder / "tokenizer.json"), pretty=False)
+    # Compact JSON with merges as "a b" strings (the classic form every reader accepts):
+    # about 100 KB less in the bundle for GPT-2's vocabulary.
+    data = json.loads(hf_tokenizer(tokenizer).to_str())
+    merges_in = data["model"].get("merges", [])
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in merges_in]
+    (folder / "tokenizer.json").write_text(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
                                        encoding="utf-8")

@@ -49,8 +49,14 @@ class StreamingModel:
                 self.graph = graph
                 self.context = context
                 self.prefill_lengths = tuple(prefill_lengths)
-                # decode attends over the smallest of these that holds the text so far
-                self.buckets = [b for b in (128, 256, 512) if b < context] + [context]
+                # attention reads the smallest of these that holds the text so far (static
+                # shapes: a dynamic slice would keep XNNPACK off the layers after it)
+                self.buckets = [b for b in (256, 512) if b < context] + [context]
+
+            def prefill_buckets(self, t):
+                # Fewer for prefill: each level adds IF subgraphs (file size), and a prompt
+                # chunk costs far more than the rows it attends over.
+                return [b for b in (256,) if t <= b < self.context] + [self.context]
 
             def _step(self, inputs, logits: bool):
                 caches = [inputs[n] for n in names]
@@ -61,7 +67,7 @@ class StreamingModel:
                     tf.reshape(inputs["tokens"], [-1]), positions[0], caches,
                     logits_for="last" if logits else None, positions=positions,
                     mask=inputs["mask"], visible=positions[0] + t,
-                    buckets=self.buckets if t == 1 else None)
+                    buckets=self.buckets if t == 1 else self.prefill_buckets(t))
                 outputs = dict(zip(names, new))
                 if logits:
                     outputs["logits"] = tf.reshape(out_logits, [1, 1, -1])
