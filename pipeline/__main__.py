@@ -101,6 +101,12 @@ def cmd_generate(args) -> None:
         eng.close()
 
 
+def cmd_bench(args) -> None:
+    from pipeline.bench import main as bench_main
+
+    sys.exit(bench_main(args.rest))
+
+
 def cmd_build_base(args) -> None:
     from pipeline.base import embedded_preset
 
@@ -153,7 +159,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="benchmarks on a GPT-2-base-shaped model "
                                      "(`bench export --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: sys.exit(__import__("pipeline.bench").bench.main(a.rest)))
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("build-base", help="build (or find in the cache) the embedded base preset "
                                           "and print its folder")
     p.set_defaults(func=cmd_build_base)

@@ -39,21 +39,28 @@ def gpt2_tokenizer():
     return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
 
 
-def export_one(mode: str, out_file: str, preset: str | None, max_length: int) -> None:
-    """Child process: builds the text model and writes `out_file`.tflite plus a .json."""
-    from pipeline.config import ExportConfig
-    from pipeline.export import sampler_spec, text_model_tflite
-    from pipeline.gpt2_graph import GPT2Graph, random_weights, weights_from_backbone
-    from pipeline.textmodel import TextModel
+def tokenizer_and_weights(preset: str | None):
+    """Returns (keras-hub tokenizer, GPT2Weights) of a preset, else of the GPT-2 base shape
+    with random weights and the real GPT-2 tokenizer."""
+    from pipeline.gpt2_graph import random_weights, weights_from_backbone
 
-    started = time.time()
     if preset:
         from pipeline.presets import load_causal_lm
 
         lm = load_causal_lm(preset)
-        tokenizer, weights = lm.preprocessor.tokenizer, weights_from_backbone(lm.backbone)
-    else:
-        tokenizer, weights = gpt2_tokenizer(), random_weights(**GPT2_BASE)
+        return lm.preprocessor.tokenizer, weights_from_backbone(lm.backbone)
+    return gpt2_tokenizer(), random_weights(**GPT2_BASE)
+
+
+def export_one(mode: str, out_file: str, preset: str | None, max_length: int) -> None:
+    """Child process: builds the text model and writes `out_file`.tflite plus a .json."""
+    from pipeline.config import ExportConfig
+    from pipeline.export import sampler_spec, text_model_tflite
+    from pipeline.gpt2_graph import GPT2Graph
+    from pipeline.textmodel import TextModel
+
+    started = time.time()
+    tokenizer, weights = tokenizer_and_weights(preset)
     module = TextModel(tokenizer, GPT2Graph(weights), sampler_spec(ExportConfig()), max_length)
     model_bytes, stored, _ = text_model_tflite(module, weights.count(), mode)
     Path(out_file).write_bytes(model_bytes)

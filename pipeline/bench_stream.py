@@ -30,25 +30,12 @@ def prompt_with_tokens(tokenizer, n: int) -> str:
     return out
 
 
-def load(preset: str | None):
-    """Returns (keras-hub tokenizer, GPT2Weights) for a preset or the GPT-2 base shape."""
-    from pipeline.gpt2_graph import random_weights, weights_from_backbone
-
-    if preset:
-        from pipeline.presets import load_causal_lm
-
-        lm = load_causal_lm(preset)
-        return lm.preprocessor.tokenizer, weights_from_backbone(lm.backbone)
-    from pipeline.bench import GPT2_BASE, gpt2_tokenizer
-
-    return gpt2_tokenizer(), random_weights(**GPT2_BASE)
-
-
 def child_export(out_dir: str, preset: str, mode: str, context: int) -> None:
+    from pipeline.bench import tokenizer_and_weights
     from pipeline.export_stream import streaming_tflite
     from pipeline.litertlm import build_bundle, metadata_textproto, write_tokenizer_files
 
-    tokenizer, weights = load(preset or None)
+    tokenizer, weights = tokenizer_and_weights(preset or None)
     model, _ = streaming_tflite(weights, context, (32, 128), mode)
     out = Path(out_dir)
     (out / "model.tflite").write_bytes(model)

@@ -158,15 +158,6 @@ def op_report(flatbuffer: bytes) -> dict:
     return {k: dict(sorted(v.items())) for k, v in report.items()}
 
 
-def largest_buffers(flatbuffer: bytes, top: int = 5) -> list[int]:
-    """Returns the sizes of the largest constant buffers, largest first (for size checks)."""
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
-    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
-    sizes = sorted(_buffer_size(b) for b in model.buffers)
-    return sizes[::-1][:top]
-
-
 def weight_bytes(flatbuffer: bytes) -> int:
     """Returns the bytes of constant float/int8/int4 tensors, each buffer counted once.
 
