@@ -26,6 +26,16 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.finetune.batch_size == RunConfig().finetune.batch_size  # untouched default
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads "6e-3" as a string; in a config and in --set it means 0.006.
+    cfg = load_config(write(tmp_path, "finetune:\n  learning_rate: 6e-3\n"),
+                      parse_sets(["distill.learning_rate=1E-4"]))
+    assert cfg.finetune.learning_rate == 0.006
+    assert cfg.distill.learning_rate == 0.0001
+    with pytest.raises(ConfigError, match="expected a number, got '6e'"):
+        load_config(None, {"finetune": {"learning_rate": "6e"}})
+
+
 def test_empty_file_is_all_defaults(tmp_path):
     assert load_config(write(tmp_path, "")) == RunConfig()
 
