@@ -154,6 +154,21 @@ def decode_tokens_per_second(causal_lm, prompt: str, new_tokens: int) -> float:
     return (length - prompt_tokens) / seconds
 
 
+def compare(ppl: dict) -> str:
+    """Returns one line judging the distilled student against the baseline and the teacher."""
+    vs_baseline = ppl["student"] / ppl["baseline"] - 1.0
+    vs_teacher = ppl["student"] / ppl["teacher"] - 1.0
+    if vs_baseline < 0:
+        return (f"Distillation helped: the student's perplexity is {-vs_baseline:.1%} below the "
+                f"labels-only baseline's and {vs_teacher:+.1%} against the teacher's.")
+    hint = ("the baseline beats the teacher itself, so the teacher is under-trained: fine-tune "
+            "it longer (finetune.epochs / learning_rate) before distilling"
+            if ppl["baseline"] < ppl["teacher"] else
+            "try alpha closer to 1, a smaller temperature, or more distill.epochs")
+    return (f"Distillation did not help: the student's perplexity is {vs_baseline:.1%} above "
+            f"the labels-only baseline's; {hint}.")
+
+
 def plot_perplexities(values: dict, params: dict, path) -> None:
     import matplotlib
 
@@ -219,6 +234,8 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
               "student": student_backbone.count_params(),
               "baseline": baseline_backbone.count_params()}
     log("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
+    verdict = compare(ppl)
+    log(verdict)
     prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
     speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens),
              "student": decode_tokens_per_second(student_lm, prompt, d.speed_tokens)}
@@ -241,6 +258,8 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         "val_perplexity": ppl,
         "student_vs_teacher": ppl["student"] / ppl["teacher"] - 1.0,
         "student_vs_baseline": ppl["student"] / ppl["baseline"] - 1.0,
+        "student_beats_baseline": ppl["student"] < ppl["baseline"],
+        "verdict": verdict,
         "loss_first_last": {"student": [student_losses[0], float(np.mean(student_losses[-5:]))],
                             "baseline": [baseline_losses[0],
                                          float(np.mean(baseline_losses[-5:]))]},

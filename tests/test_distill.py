@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.distill import (build_student, distillation_loss, student_layer_sources,
+from pipeline.distill import (build_student, compare, distillation_loss, student_layer_sources,
                               train_student)
 from pipeline.errors import ConfigError
 
@@ -41,6 +41,14 @@ def test_padding_is_masked():
     # A second, padded token with wildly different logits changes nothing.
     two = loss([[[0, 0], [50, -50]]], [[[0, LN3], [-50, 50]]], [[1, 0]], [[1, 0]], 2.0, 0.5)
     assert two == pytest.approx(one, abs=1e-6)
+
+
+def test_verdict_names_the_outcome_and_the_likely_cause():
+    assert compare({"teacher": 14.0, "student": 15.5, "baseline": 16.0}).startswith(
+        "Distillation helped: the student's perplexity is 3.1% below")
+    undertrained = compare({"teacher": 46.5, "student": 43.4, "baseline": 39.8})
+    assert "did not help" in undertrained and "under-trained" in undertrained
+    assert "alpha" in compare({"teacher": 14.0, "student": 16.5, "baseline": 16.0})
 
 
 def test_layer_sources():
