@@ -120,5 +120,8 @@ def run(config_path, overrides: dict | None = None) -> Path:
             os.environ.pop("PIPELINE_BATCH", None)
         else:
             os.environ["PIPELINE_BATCH"] = env_batch
+    metrics = partial / "metrics.json"
+    if metrics.is_file():  # stages recorded their files under the folder's temporary name
+        write_text(metrics, metrics.read_text().replace(str(partial), str(final)))
     replace_dir(partial, final)
     return final

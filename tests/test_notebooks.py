@@ -4,6 +4,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -68,6 +69,8 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     assert bundle["verification"]["tokenizer_identical"] == "13/13"
     assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
     assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["bundle_bytes"]
+    assert Path(bundle["bundle"]) == run / "export" / "litertlm" / "gpt2_int8.litertlm"
+    assert ".partial" not in (run / "metrics.json").read_text()  # paths name the final folder
 
 
 def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
