@@ -162,7 +162,7 @@ def compare(ppl: dict) -> str:
         return (f"Distillation helped: the student's perplexity is {-vs_baseline:.1%} below the "
                 f"labels-only baseline's and {vs_teacher:+.1%} against the teacher's.")
     hint = ("the baseline beats the teacher itself, so the teacher is under-trained: fine-tune "
-            "it longer (finetune.epochs / learning_rate) before distilling"
+            "it longer (finetune.epochs, finetune.learning_rate) before distilling"
             if ppl["baseline"] < ppl["teacher"] else
             "try alpha closer to 1, a smaller temperature, or more distill.epochs")
     return (f"Distillation did not help: the student's perplexity is {vs_baseline:.1%} above "

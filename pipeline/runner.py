@@ -18,6 +18,7 @@ Run folder:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from pipeline import config as config_lib
 from pipeline.config import PROJECT_ROOT, RunConfig
 from pipeline.errors import PipelineError
-from pipeline.fsutil import replace_dir, write_text
+from pipeline.fsutil import replace_dir, write_json, write_text
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 STAGES = [("finetune", "01_finetune.ipynb"), ("distill", "02_distill.ipynb"),
@@ -77,6 +78,17 @@ def preflight(cfg: RunConfig) -> None:
         require_flex(cfg.export)
 
 
+def _renamed_paths(value, old: Path, new: Path):
+    """Returns `value` (JSON data) with every path inside `old` moved to `new`."""
+    if isinstance(value, dict):
+        return {k: _renamed_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed_paths(v, old, new) for v in value]
+    if isinstance(value, str) and (value == str(old) or value.startswith(str(old) + os.sep)):
+        return str(new) + value[len(str(old)):]
+    return value
+
+
 def run(config_path, overrides: dict | None = None) -> Path:
     """Runs every stage notebook for the config; returns the finished run folder."""
     import papermill
@@ -122,6 +134,6 @@ def run(config_path, overrides: dict | None = None) -> Path:
             os.environ["PIPELINE_BATCH"] = env_batch
     metrics = partial / "metrics.json"
     if metrics.is_file():  # stages recorded their files under the folder's temporary name
-        write_text(metrics, metrics.read_text().replace(str(partial), str(final)))
+        write_json(metrics, _renamed_paths(json.loads(metrics.read_text()), partial, final))
     replace_dir(partial, final)
     return final

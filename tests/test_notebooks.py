@@ -83,3 +83,14 @@ def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: file is empty"
     assert not (tmp_path / "runs").exists()
+
+
+def test_paths_move_with_the_renamed_run_folder():
+    from pipeline.runner import _renamed_paths
+
+    old, new = Path("/r/default.partial"), Path("/r/default")
+    data = {"a": ["/r/default.partial/x.tflite", "/r/default.partialX/y", "/r/default.partial"],
+            "n": 1, "b": {"c": "default.partial/z"}}
+    assert _renamed_paths(data, old, new) == {
+        "a": ["/r/default/x.tflite", "/r/default.partialX/y", "/r/default"],
+        "n": 1, "b": {"c": "default.partial/z"}}
