@@ -31,7 +31,7 @@ run: $(STAMP) $(FLEX_STAMP)  ## the main job: fine-tune the embedded default (bu
 	$(BIN)/python -m pipeline run $(CONFIG)
 
 test: $(STAMP) $(FLEX_STAMP)  ## the default suite (under 15 minutes on 2 cores)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP) $(FLEX_STAMP)  ## the slow tests only
 	$(BIN)/python -m pytest -q -m slow

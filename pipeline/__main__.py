@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
 
+from pipeline.config import Sampler, Sampling, load_config
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.report import write_metrics
+from pipeline.run_folder import RunFolder, writable_folder
+
+# Each command imports its stage inside its function: stage modules load TensorFlow and
+# keras-hub (several seconds), which `--help`, `generate` and config errors do not need.
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -26,57 +33,59 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def cmd_run(args) -> None:
-    from pipeline.runner import run
+    from pipeline.run import run
 
     folder = run(args.config, parse_sets(args.set))
     print(f"Run finished: {folder}")
 
 
+def stage_folder(args, cfg) -> RunFolder:
+    """The folder a direct stage command writes: --run-dir, else <output_dir>/<name>."""
+    root = args.run_dir or os.path.join(cfg.output_dir, cfg.name)
+    writable_folder(os.path.dirname(os.path.abspath(root)), "--run-dir")
+    return RunFolder(root)
+
+
 def cmd_finetune(args) -> None:
-    from pipeline.config import load_config
-    from pipeline.finetune import finetune
-    from pipeline.report import write_metrics
+    from pipeline.train.finetune import finetune
 
     cfg = load_config(args.config, parse_sets(args.set))
-    run_dir = args.run_dir or str(cfg.run_dir)
-    result = finetune(cfg, run_dir)
-    write_metrics(run_dir, "finetune", result.metrics)
+    with stage_folder(args, cfg).lock() as folder:
+        result = finetune(cfg, folder.root)
+        write_metrics(folder.root, "finetune", result.metrics)
     m = result.metrics
     print(f"validation perplexity {m['before']['val_perplexity']:.2f} -> "
           f"{m['after']['val_perplexity']:.2f}; preset: {result.preset_dir}")
 
 
-def cmd_export(args) -> None:
-    from pipeline.config import load_config
-    from pipeline.export import export_preset
-    from pipeline.report import write_metrics
-
-    cfg = load_config(args.config, parse_sets(args.set))
-    run_dir = args.run_dir or str(cfg.run_dir)
-    results = export_preset(cfg, run_dir, preset=args.preset)
-    write_metrics(run_dir, "export", {"model": {k: r.metrics for k, r in results.items()}})
-    for target, result in results.items():
-        path = getattr(result, "model_path", None) or result.bundle_path
-        print(f"{target}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-
-
 def cmd_distill(args) -> None:
-    from pipeline.config import load_config
-    from pipeline.distill import distill
-    from pipeline.report import write_metrics
+    from pipeline.train.distill import distill
 
     cfg = load_config(args.config, parse_sets(args.set))
-    run_dir = args.run_dir or str(cfg.run_dir)
-    result = distill(cfg, run_dir, teacher=args.teacher)
-    write_metrics(run_dir, "distill", result.metrics)
+    with stage_folder(args, cfg).lock() as folder:
+        result = distill(cfg, folder.root, teacher=args.teacher)
+        write_metrics(folder.root, "distill", result.metrics)
     ppl = result.metrics["val_perplexity"]
     print(f"perplexity teacher {ppl['teacher']:.2f}, student {ppl['student']:.2f}, baseline "
           f"{ppl['baseline']:.2f}; preset: {result.preset_dir}")
 
 
+def cmd_export(args) -> None:
+    from pipeline.export.stage import export_preset
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    with stage_folder(args, cfg).lock() as folder:
+        results = export_preset(cfg, folder.root, preset=args.preset)
+        write_metrics(folder.root, "export",
+                      {"teacher": {k: r.metrics for k, r in results.items()}})
+    for target, result in results.items():
+        path = getattr(result, "model_path", None) or result.bundle_path
+        print(f"{target}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def cmd_generate(args) -> None:
-    from pipeline.litertlm import (Sampling, check_prompt, context_of, engine, find_bundle,
-                                   stream_generate)
+    from pipeline.runtime.litertlm import (check_prompt, context_of, engine, find_bundle,
+                                           stream_generate)
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: {args.max_new_tokens} must be >= 1")
@@ -84,11 +93,8 @@ def cmd_generate(args) -> None:
         raise ConfigError(f"--temperature: {args.temperature} must be > 0")
     bundle = find_bundle(args.bundle)
     context = context_of(bundle)
-    sampling = {"greedy": Sampling(top_k=1),
-                "top_k": Sampling(top_k=args.top_k, temperature=args.temperature,
-                                  seed=args.seed),
-                "top_p": Sampling(top_k=args.top_k, top_p=args.top_p,
-                                  temperature=args.temperature, seed=args.seed)}[args.sampler]
+    sampling = Sampling(Sampler(args.sampler), top_k=args.top_k, top_p=args.top_p,
+                        temperature=args.temperature, seed=args.seed)
     n = check_prompt(bundle, args.prompt, context)
     eng = engine(bundle, args.threads, max_tokens=context)
     try:
@@ -102,9 +108,13 @@ def cmd_generate(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from pipeline.bench import main as bench_main
+    from pipeline.bench import export_size, litertlm_speed
 
-    sys.exit(bench_main(args.rest))
+    mains = {"export": export_size.main, "litertlm": litertlm_speed.main}
+    if not args.rest or args.rest[0] not in mains:
+        raise ConfigError("bench: name one benchmark: export (text-model sizes) or litertlm "
+                          "(LiteRT-LM vs Keras speed); add --help for its options")
+    sys.exit(mains[args.rest[0]](args.rest[1:]))
 
 
 def cmd_build_base(args) -> None:
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("bundle", help="a .litertlm file or a run folder (uses export/litertlm/)")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p"], default="greedy")
+    p.add_argument("--sampler", choices=[m.value for m in Sampler], default="greedy")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -169,6 +179,10 @@ def main(argv=None) -> int:
         args.func(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, a folder removed or made read-only while running
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

@@ -24,12 +24,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
+import keras_hub
 import numpy as np
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.models import BPE
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.fsutil import atomic_dir
+from pipeline.train.callbacks import ProgressBar, StepLossLogger
+from pipeline.train.loop import compile_lm, make_optimizer, perplexity, training_batches
 
 END_TOKEN = "<|endoftext|>"
-BUILD_VERSION = 2  # bump when the build code changes what it produces
+WEIGHTS_FILE = "model.weights.h5"  # a keras-hub preset's weights
+BUILD_VERSION = 3  # bump when the build code changes what it produces
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def spec_key(spec: BaseSpec) -> str:
 def embedded_preset(spec: BaseSpec = BaseSpec(), verbose: bool = True) -> Path:
     """Returns the embedded base preset folder, building it first if the cache lacks it."""
     folder = cache_dir() / f"embedded-{spec_key(spec)}"
-    if not (folder / "model.weights.h5").is_file():
+    if not (folder / WEIGHTS_FILE).is_file():
         build_base(folder, python_text(spec.max_corpus_chars), spec, verbose=verbose)
     return folder
 
@@ -96,8 +104,6 @@ def python_text(max_chars: int) -> list[str]:
 
 def train_tokenizer(texts: list[str], vocabulary_size: int):
     """Returns (vocabulary dict, merges list) of a byte-level BPE trained on `texts`."""
-    from tokenizers import ByteLevelBPETokenizer
-
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(
         texts, vocab_size=vocabulary_size, min_frequency=2, special_tokens=[END_TOKEN],
@@ -125,12 +131,6 @@ def windows(token_lists: list[list[int]], end_id: int, length: int) -> np.ndarra
 
 def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = True) -> Path:
     """Trains tokenizer and backbone on `texts` and saves a keras-hub preset at `folder`."""
-    import keras
-    import keras_hub
-    from pipeline.presets import save_preset
-    from pipeline.training import (ProgressBar, StepLossLogger, batches, compile_lm,
-                                   make_optimizer, perplexity)
-
     started = time.time()
     log = print if verbose else (lambda *a, **k: None)
     log(f"Building the embedded base model in {folder} (once; cached afterwards)")
@@ -150,9 +150,6 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
         max_sequence_length=spec.max_sequence_length,
     )
     causal_lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.models import BPE
 
     fast = ByteLevelBPETokenizer(add_prefix_space=False)
     fast._tokenizer.model = BPE(vocab=vocabulary, merges=[tuple(m.split(" ")) for m in merges])
@@ -174,7 +171,8 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
     logger = StepLossLogger()
     bar = ProgressBar(spec.steps, "  pre-training") if verbose else None
     causal_lm.fit(
-        batches(x, y, w, spec.batch_size, spec.seed, shuffle=True),
+        training_batches(x, y, w, spec.batch_size, spec.seed, 0,
+                         -(-spec.steps * spec.batch_size // len(y)) + 1),
         steps_per_epoch=spec.steps, epochs=1, verbose=0, shuffle=False,
         callbacks=[logger] + ([bar] if bar else []),
     )
@@ -182,5 +180,6 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
     log(f"  held-out perplexity {ppl['perplexity']:.1f} after {spec.steps} steps "
         f"({time.time() - started:.0f}s)")
     causal_lm.preprocessor = preprocessor
-    save_preset(causal_lm, folder)
+    with atomic_dir(folder) as tmp:
+        causal_lm.save_to_preset(str(tmp))
     return folder

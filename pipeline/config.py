@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,47 @@ import yaml
 from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-QUANTIZATIONS = ("none", "fp16", "int8", "int4")
+
+
+class Quantization(str, enum.Enum):
+    """How exported weights are stored (config `export.quantization`, CLI, export, README).
+
+    none  float32 weights;
+    fp16  float16 weights, dequantized once when the interpreter prepares the model;
+    int8  dynamic range: int8 weights with one scale per output row, activations quantized
+          on the fly inside FULLY_CONNECTED (the default);
+    int4  the same with 4-bit weights.
+    """
+    NONE = "none"
+    FP16 = "fp16"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+class Sampler(str, enum.Enum):
+    """How the next token is picked (config `export.sampler`, `generate --sampler`).
+
+    greedy  the most likely token;
+    top_k   sample among the k most likely tokens;
+    top_p   sample among the most likely tokens that hold probability mass p.
+    """
+    GREEDY = "greedy"
+    TOP_K = "top_k"
+    TOP_P = "top_p"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One sampler's settings: used by Keras generations, the text model and LiteRT-LM alike."""
+    sampler: Sampler = Sampler.GREEDY
+    top_k: int = 40  # top_k: sample among the k most likely tokens
+    top_p: float = 0.9  # top_p: the probability mass kept
+    temperature: float = 1.0  # logits are divided by this before sampling
+    seed: int = 0  # sampling is a pure function of (seed, step): same prompt, same text
+
+
+def choices(enum_type) -> str:
+    return ", ".join(m.value for m in enum_type)
 
 
 @dataclass(frozen=True)
@@ -55,6 +96,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
     mixed_precision: bool = False  # mixed_float16 (GPU only; ignored with a warning on CPU)
+    keep_checkpoints: bool = False  # false: optimizer checkpoints are deleted once the stage ends
     seed: int = 42
 
 
@@ -70,6 +112,12 @@ class EvalConfig:
     temperature: float = 0.8
     batch_size: int = 32  # batch size when computing validation loss
     seed: int = 7
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampler of the "sampled" generations (greedy ones are made too)."""
+        return Sampling(Sampler.TOP_K, top_k=self.top_k, temperature=self.temperature,
+                        seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -94,9 +142,9 @@ class ExportConfig:
     enabled: bool = True  # `python -m pipeline run` exports after fine-tuning
     targets: tuple[str, ...] = ("text", "litertlm")  # text: one-shot .tflite; litertlm: streaming bundle
     preset: str = ""  # "" = the run's fine-tuned model; else any preset (see model.preset)
-    quantization: str = "int8"  # none (fp32) | fp16 | int8 (dynamic range) | int4 (dynamic range)
+    quantization: str = "int8"  # a Quantization: none (fp32) | fp16 | int8 | int4
     max_length: int = 64  # tokens of prompt + generation, fixed in the exported graph
-    sampler: str = "greedy"  # greedy | top_k | top_p
+    sampler: str = "greedy"  # a Sampler: greedy | top_k | top_p
     top_k: int = 40
     top_p: float = 0.9
     temperature: float = 1.0
@@ -107,6 +155,11 @@ class ExportConfig:
     context: int = 0  # litertlm: KV cache length; 0 = the model's position limit
     prefill_lengths: tuple[int, ...] = (32, 128)  # litertlm: one prefill_<T> signature each
     threads: int = 2  # litertlm: CPU threads for verification and `generate`
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(Sampler(self.sampler), top_k=self.top_k, top_p=self.top_p,
+                        temperature=self.temperature, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -119,10 +172,6 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
 
 
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -217,51 +266,51 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Raises ConfigError for values that have the right type but an impossible value."""
-    d, f, e, x, s = cfg.data, cfg.finetune, cfg.eval, cfg.export, cfg.distill
+    data, ft, ev, ex, ds = cfg.data, cfg.finetune, cfg.eval, cfg.export, cfg.distill
     checks = [
         (bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
          f"name: {cfg.name!r} must be a plain folder name"),
-        (d.format in ("auto", "txt", "jsonl", "csv"),
-         f"data.format: {d.format!r} is not one of auto, txt, jsonl, csv"),
-        (d.txt_mode in ("auto", "line", "paragraph"),
-         f"data.txt_mode: {d.txt_mode!r} is not one of auto, line, paragraph"),
-        (0.0 < d.validation_fraction < 1.0,
-         f"data.validation_fraction: {d.validation_fraction} must be between 0 and 1"),
-        (f.sequence_length >= 8, f"finetune.sequence_length: {f.sequence_length} must be >= 8"),
-        (f.batch_size >= 1, f"finetune.batch_size: {f.batch_size} must be >= 1"),
-        (f.epochs >= 1, f"finetune.epochs: {f.epochs} must be >= 1"),
-        (f.max_steps >= 0, f"finetune.max_steps: {f.max_steps} must be >= 0 (0 = no limit)"),
-        (f.learning_rate > 0, f"finetune.learning_rate: {f.learning_rate} must be > 0"),
-        (0.0 <= f.warmup_fraction < 1.0,
-         f"finetune.warmup_fraction: {f.warmup_fraction} must be in [0, 1)"),
-        (f.lora_rank >= 0, f"finetune.lora_rank: {f.lora_rank} must be >= 0 (0 = off)"),
-        (e.max_length >= 2, f"eval.max_length: {e.max_length} must be >= 2"),
-        (e.top_k >= 1, f"eval.top_k: {e.top_k} must be >= 1"),
-        (e.temperature > 0, f"eval.temperature: {e.temperature} must be > 0"),
-        (s.student_layers >= 0, f"distill.student_layers: {s.student_layers} must be >= 0 "
+        (data.format in ("auto", "txt", "jsonl", "csv"),
+         f"data.format: {data.format!r} is not one of auto, txt, jsonl, csv"),
+        (data.txt_mode in ("auto", "line", "paragraph"),
+         f"data.txt_mode: {data.txt_mode!r} is not one of auto, line, paragraph"),
+        (0.0 < data.validation_fraction < 1.0,
+         f"data.validation_fraction: {data.validation_fraction} must be between 0 and 1"),
+        (ft.sequence_length >= 8, f"finetune.sequence_length: {ft.sequence_length} must be >= 8"),
+        (ft.batch_size >= 1, f"finetune.batch_size: {ft.batch_size} must be >= 1"),
+        (ft.epochs >= 1, f"finetune.epochs: {ft.epochs} must be >= 1"),
+        (ft.max_steps >= 0, f"finetune.max_steps: {ft.max_steps} must be >= 0 (0 = no limit)"),
+        (ft.learning_rate > 0, f"finetune.learning_rate: {ft.learning_rate} must be > 0"),
+        (0.0 <= ft.warmup_fraction < 1.0,
+         f"finetune.warmup_fraction: {ft.warmup_fraction} must be in [0, 1)"),
+        (ft.lora_rank >= 0, f"finetune.lora_rank: {ft.lora_rank} must be >= 0 (0 = off)"),
+        (ev.max_length >= 2, f"eval.max_length: {ev.max_length} must be >= 2"),
+        (ev.top_k >= 1, f"eval.top_k: {ev.top_k} must be >= 1"),
+        (ev.temperature > 0, f"eval.temperature: {ev.temperature} must be > 0"),
+        (ds.student_layers >= 0, f"distill.student_layers: {ds.student_layers} must be >= 0 "
                                 "(0 = half the teacher's)"),
-        (s.student_hidden_dim >= 0, f"distill.student_hidden_dim: {s.student_hidden_dim} must "
+        (ds.student_hidden_dim >= 0, f"distill.student_hidden_dim: {ds.student_hidden_dim} must "
                                     f"be >= 0 (0 = the teacher's)"),
-        (s.temperature > 0, f"distill.temperature: {s.temperature} must be > 0"),
-        (0.0 <= s.alpha <= 1.0, f"distill.alpha: {s.alpha} must be in [0, 1]"),
-        (s.epochs >= 1, f"distill.epochs: {s.epochs} must be >= 1"),
-        (s.max_steps >= 0, f"distill.max_steps: {s.max_steps} must be >= 0 (0 = no limit)"),
-        (s.batch_size >= 1, f"distill.batch_size: {s.batch_size} must be >= 1"),
-        (s.learning_rate > 0, f"distill.learning_rate: {s.learning_rate} must be > 0"),
-        (x.quantization in QUANTIZATIONS,
-         f"export.quantization: {x.quantization!r} is not one of {', '.join(QUANTIZATIONS)}"),
-        (x.sampler in ("greedy", "top_k", "top_p"),
-         f"export.sampler: {x.sampler!r} is not one of greedy, top_k, top_p"),
-        (x.max_length >= 2, f"export.max_length: {x.max_length} must be >= 2"),
-        (x.top_k >= 1, f"export.top_k: {x.top_k} must be >= 1"),
-        (0.0 < x.top_p <= 1.0, f"export.top_p: {x.top_p} must be in (0, 1]"),
-        (x.temperature > 0, f"export.temperature: {x.temperature} must be > 0"),
-        (set(x.targets) <= {"text", "litertlm"},
-         f"export.targets: {list(x.targets)} may hold only text and litertlm"),
-        (x.context >= 0, f"export.context: {x.context} must be >= 0 (0 = position limit)"),
-        (bool(x.prefill_lengths) and min(x.prefill_lengths) >= 1,
-         f"export.prefill_lengths: {list(x.prefill_lengths)} must be one or more lengths >= 1"),
-        (x.threads >= 1, f"export.threads: {x.threads} must be >= 1"),
+        (ds.temperature > 0, f"distill.temperature: {ds.temperature} must be > 0"),
+        (0.0 <= ds.alpha <= 1.0, f"distill.alpha: {ds.alpha} must be in [0, 1]"),
+        (ds.epochs >= 1, f"distill.epochs: {ds.epochs} must be >= 1"),
+        (ds.max_steps >= 0, f"distill.max_steps: {ds.max_steps} must be >= 0 (0 = no limit)"),
+        (ds.batch_size >= 1, f"distill.batch_size: {ds.batch_size} must be >= 1"),
+        (ds.learning_rate > 0, f"distill.learning_rate: {ds.learning_rate} must be > 0"),
+        (ex.quantization in {q.value for q in Quantization},
+         f"export.quantization: {ex.quantization!r} is not one of {choices(Quantization)}"),
+        (ex.sampler in {m.value for m in Sampler},
+         f"export.sampler: {ex.sampler!r} is not one of {choices(Sampler)}"),
+        (ex.max_length >= 2, f"export.max_length: {ex.max_length} must be >= 2"),
+        (ex.top_k >= 1, f"export.top_k: {ex.top_k} must be >= 1"),
+        (0.0 < ex.top_p <= 1.0, f"export.top_p: {ex.top_p} must be in (0, 1]"),
+        (ex.temperature > 0, f"export.temperature: {ex.temperature} must be > 0"),
+        (set(ex.targets) <= {"text", "litertlm"},
+         f"export.targets: {list(ex.targets)} may hold only text and litertlm"),
+        (ex.context >= 0, f"export.context: {ex.context} must be >= 0 (0 = position limit)"),
+        (bool(ex.prefill_lengths) and min(ex.prefill_lengths) >= 1,
+         f"export.prefill_lengths: {list(ex.prefill_lengths)} must be one or more lengths >= 1"),
+        (ex.threads >= 1, f"export.threads: {ex.threads} must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

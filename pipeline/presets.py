@@ -17,11 +17,14 @@ import os
 import socket
 from pathlib import Path
 
+import keras_hub
+
+from pipeline.base import WEIGHTS_FILE, embedded_preset
+from pipeline.config import dump_yaml
 from pipeline.errors import PresetError
 from pipeline.fsutil import atomic_dir
 
 REMOTE_HOSTS = {"hf://": "huggingface.co", "kaggle://": "www.kaggle.com"}
-WEIGHTS_FILE = "model.weights.h5"
 
 
 def _can_reach(host: str, timeout: float = 4.0) -> bool:
@@ -33,8 +36,6 @@ def _can_reach(host: str, timeout: float = 4.0) -> bool:
 
 
 def _known_names() -> list[str]:
-    import keras_hub
-
     return sorted(keras_hub.models.GPT2Backbone.presets)
 
 
@@ -58,8 +59,6 @@ def resolve_preset(preset: str) -> str:
     if not isinstance(preset, str) or not preset.strip():
         raise PresetError("preset is empty: use 'embedded', a keras-hub name, a handle or a folder")
     if preset == "embedded":
-        from pipeline.base import embedded_preset
-
         return str(embedded_preset())
     for scheme, host in REMOTE_HOSTS.items():
         if preset.startswith(scheme):
@@ -86,8 +85,6 @@ def _remote(preset: str, host: str) -> str:
 
 def load_causal_lm(preset: str):
     """Returns a `keras_hub.models.GPT2CausalLM` (backbone, tokenizer, preprocessor) from `preset`."""
-    import keras_hub
-
     source = resolve_preset(preset)
     try:
         return keras_hub.models.GPT2CausalLM.from_preset(source)
@@ -98,9 +95,12 @@ def load_causal_lm(preset: str):
         raise PresetError(f"cannot load preset {preset!r}: {message}") from e
 
 
-def save_preset(causal_lm, folder) -> Path:
-    """Saves backbone, tokenizer, preprocessor and task to `folder`, replacing it atomically."""
+def save_preset(causal_lm, folder, cfg=None) -> Path:
+    """Saves backbone, tokenizer, preprocessor and task to `folder`, replacing it atomically;
+    with `cfg`, the run's resolved config goes beside them as config.yaml."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         causal_lm.save_to_preset(str(tmp))
+        if cfg is not None:
+            (tmp / "run_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     return folder

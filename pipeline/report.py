@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display in batch runs
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
 from pipeline.fsutil import atomic_file, write_json
 
 
@@ -23,11 +28,6 @@ def read_metrics(run_dir) -> dict:
 
 def plot_loss_curve(history: dict, path) -> Path:
     """Draws training loss per step and validation loss per epoch into a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4))
     if history.get("steps"):
         ax.plot(history["steps"], history["losses"], label="training loss (running mean per epoch)")
@@ -37,6 +37,24 @@ def plot_loss_curve(history: dict, path) -> Path:
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_perplexities(values: dict, params: dict, path) -> Path:
+    """Draws one bar per model (teacher, student, baseline): perplexity and parameters."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = list(values)
+    bars = ax.bar(names, [values[n] for n in names], color=["#777", "#2a7", "#c84"])
+    for bar, name in zip(bars, names):
+        ax.annotate(f"{values[name]:.1f}\n{params[name] / 1e6:.2f}M params",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("validation perplexity")
+    ax.set_ylim(0, max(values.values()) * 1.3)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
     fig.tight_layout()
     with atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)

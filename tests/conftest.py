@@ -36,7 +36,26 @@ def tiny_preset(tmp_path_factory, tiny_spec):
     return folder
 
 
-@pytest.fixture
-def kitchen_lines():
+@pytest.fixture(scope="session")
+def kitchen_paragraphs():
     text = KITCHEN.read_text(encoding="utf-8")
     return [p for p in text.split("\n\n") if p.strip()]
+
+
+@pytest.fixture
+def kitchen_lines(kitchen_paragraphs):
+    return list(kitchen_paragraphs)
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
+    """The tiny preset exported as an int8 .litertlm bundle (verified), in a run folder."""
+    from pipeline.config import load_config
+    from pipeline.export.litertlm import export_litertlm
+    from pipeline.presets import load_causal_lm
+
+    cfg = load_config(None, {"export": {"prefill_lengths": [16, 32], "quantization": "int8"},
+                             "finetune": {"sequence_length": 64}})
+    out = tmp_path_factory.mktemp("run_int8") / "export" / "litertlm"
+    return export_litertlm(cfg, load_causal_lm(str(tiny_preset)), out, kitchen_paragraphs[:40],
+                           verbose=False)

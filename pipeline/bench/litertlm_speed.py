@@ -1,22 +1,32 @@
 """`python -m pipeline bench litertlm`: LiteRT-LM vs Keras generation, side by side, one run.
 
-Both run on the same GPT-2-base-shaped model (random weights, real GPT-2 tokenizer; or
-`--preset`), the same CPU and the same thread count, each in its own child process so that
-its peak RSS is its own. Reported per engine: time to first token for 32- and 128-token
+Both run on the same model (`gpt2_base.py`: GPT-2 base shape, random weights; or
+`--preset`), the same CPU and the same thread count, each in its own child process so that its
+peak RSS is its own. Reported per engine: time to first token for 32- and 128-token
 prompts, prefill tokens/s, decode tokens/s, peak RSS, file size; plus the machine's memory
 read bandwidth, which bounds decode speed (every token reads every weight once).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import litert_lm
+import numpy as np
+import tensorflow as tf
+
+from pipeline.bench import gpt2_base
+from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
+                                      write_tokenizer_files)
 from pipeline.fsutil import write_json, write_text
+from pipeline.runtime.litertlm import engine
 
 TARGETS = {"decode_ratio": 3.0, "prefill_ratio": 3.0, "file_mb": 130, "rss_mb": 400}
 
@@ -31,11 +41,7 @@ def prompt_with_tokens(tokenizer, n: int) -> str:
 
 
 def child_export(out_dir: str, preset: str, mode: str, context: int) -> None:
-    from pipeline.bench import tokenizer_and_weights
-    from pipeline.export_stream import streaming_tflite
-    from pipeline.litertlm import build_bundle, metadata_textproto, write_tokenizer_files
-
-    tokenizer, weights = tokenizer_and_weights(preset or None)
+    tokenizer, weights = gpt2_base.tokenizer_and_weights(preset or None)
     model, _ = streaming_tflite(weights, context, (32, 128), mode)
     out = Path(out_dir)
     (out / "model.tflite").write_bytes(model)
@@ -47,10 +53,6 @@ def child_export(out_dir: str, preset: str, mode: str, context: int) -> None:
 
 
 def child_litertlm(out_dir: str, threads: int, new_tokens: int, context: int) -> None:
-    import litert_lm
-
-    from pipeline.litertlm import engine
-
     out = Path(out_dir)
     prompts = json.loads((out / "prompts.json").read_text())
     eng = engine(out / "model.litertlm", threads, max_tokens=context, cache_dir=out / "cache")
@@ -82,29 +84,11 @@ def child_litertlm(out_dir: str, threads: int, new_tokens: int, context: int) ->
 
 
 def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> None:
-    import tensorflow as tf
-
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras_hub
-
     out = Path(out_dir)
     prompts = json.loads((out / "prompts.json").read_text())
-    if preset:
-        from pipeline.presets import load_causal_lm
-
-        lm = load_causal_lm(preset)
-    else:
-        from pipeline.bench import GPT2_BASE, gpt2_tokenizer
-
-        tokenizer = gpt2_tokenizer()
-        shape = dict(GPT2_BASE)
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=shape["vocabulary_size"], num_layers=shape["num_layers"],
-            num_heads=shape["num_heads"], hidden_dim=shape["hidden_dim"],
-            intermediate_dim=shape["intermediate_dim"], max_sequence_length=shape["max_positions"])
-        lm = keras_hub.models.GPT2CausalLM(
-            backbone, keras_hub.models.GPT2CausalLMPreprocessor(tokenizer))
+    lm = gpt2_base.causal_lm(preset or None)
     lm.compile(sampler="greedy")
     results = {}
     for n, prompt in prompts.items():
@@ -128,9 +112,10 @@ def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> Non
 
 
 def run_child(*args) -> tuple[float, float]:
-    """Runs `python -m pipeline.bench_stream ARGS`; returns (seconds, peak RSS MB)."""
+    """Runs `python -m pipeline.bench.litertlm_speed ARGS`; returns (seconds, peak RSS MB)."""
     started = time.time()
-    child = subprocess.Popen([sys.executable, "-m", "pipeline.bench_stream", *map(str, args)])
+    child = subprocess.Popen([sys.executable, "-m", "pipeline.bench.litertlm_speed",
+                              *map(str, args)])
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
         raise SystemExit(f"benchmark step {args[0]} failed (status {status})")
@@ -139,8 +124,6 @@ def run_child(*args) -> tuple[float, float]:
 
 def read_bandwidth_gbs() -> float:
     """Returns single-process memory read bandwidth (GB/s) from summing a 512 MB array."""
-    import numpy as np
-
     data = np.ones(64 * 1024 * 1024, dtype=np.float64)  # 512 MB
     data.sum()
     best = float("inf")
@@ -181,8 +164,6 @@ def bench(out_dir: Path, preset: str | None, mode: str, threads: int, new_tokens
                        "prefill": min(prefill) >= TARGETS["prefill_ratio"],
                        "file": size_mb <= TARGETS["file_mb"],
                        "rss": litert_rss <= TARGETS["rss_mb"]}
-    import shutil
-
     shutil.rmtree(work)
     return result
 
@@ -212,14 +193,6 @@ def markdown(r: dict) -> str:
 
 
 def main(argv) -> int:
-    import argparse
-
-    if argv and argv[0].startswith("_"):
-        step, *rest = argv
-        {"_export": lambda: child_export(rest[0], rest[1], rest[2], int(rest[3])),
-         "_litertlm": lambda: child_litertlm(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
-         "_keras": lambda: child_keras(rest[0], rest[1], int(rest[2]), int(rest[3]))}[step]()
-        return 0
     parser = argparse.ArgumentParser(prog="python -m pipeline bench litertlm")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--preset", help="a real preset instead of random GPT-2-base weights")
@@ -237,5 +210,8 @@ def main(argv) -> int:
     return 0 if all(result["meets"].values()) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # one child step: _export | _litertlm | _keras, then its arguments
+    step, *rest = sys.argv[1:]
+    {"_export": lambda: child_export(rest[0], rest[1], rest[2], int(rest[3])),
+     "_litertlm": lambda: child_litertlm(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
+     "_keras": lambda: child_keras(rest[0], rest[1], int(rest[2]), int(rest[3]))}[step]()

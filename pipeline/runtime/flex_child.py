@@ -2,7 +2,8 @@
 
 TF 2.19 is the last pip build whose Python interpreter links the Flex delegate, and keras-hub
 needs TF >= 2.20, so this file runs in a separate environment (`.venv-flex`, made by the
-Makefile) as `python -m pipeline.flex_runner MODEL.tflite PROMPTS.json OUT.json`. It imports
+Makefile) as `python -m pipeline.runtime.flex_child MODEL.tflite PROMPTS.json OUT.json`
+(parent side: `pipeline/runtime/flex.py`). It imports
 nothing from the rest of the project. Importing tensorflow_text registers the TF-Text
 kernels (RegexSplitWithOffsets, ...) that the tokenizer's Flex ops run on.
 """
@@ -11,12 +12,12 @@ import json
 import sys
 import time
 
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers TF-Text kernels for the Flex delegate)
+
 
 def run(model_path: str, prompts: list) -> dict:
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers TF-Text kernels for the Flex delegate)
-
     started = time.time()
     interpreter = tf.lite.Interpreter(model_path=model_path)
     runner = interpreter.get_signature_runner("serving_default")
@@ -32,7 +33,7 @@ def run(model_path: str, prompts: list) -> dict:
 
 def main(argv) -> int:
     if len(argv) != 3:
-        print("usage: python -m pipeline.flex_runner MODEL.tflite PROMPTS.json OUT.json",
+        print("usage: python -m pipeline.runtime.flex_child MODEL.tflite PROMPTS.json OUT.json",
               file=sys.stderr)
         return 2
     model, prompts_file, out_file = argv

@@ -6,10 +6,14 @@ import sys
 
 import pytest
 
-from pipeline import tflite_tools
+import pytest
+
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError, PresetError
-from pipeline.export import export_text_model
+from pipeline.export import tflite
+from pipeline.export.stage import export_preset
+from pipeline.export.text import export_text_model
+from pipeline.presets import load_causal_lm
 
 from conftest import ROOT
 
@@ -19,11 +23,17 @@ def cfg(**export):
 
 
 @pytest.fixture(scope="module")
-def fp32_export(tiny_preset, tmp_path_factory):
-    run = tmp_path_factory.mktemp("export_fp32")
-    return export_text_model(cfg(quantization="none"), run, preset=str(tiny_preset), verbose=False)
+def tiny_lm(tiny_preset):
+    return load_causal_lm(str(tiny_preset))
 
 
+@pytest.fixture(scope="module")
+def fp32_export(tiny_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export_fp32") / "text"
+    return export_text_model(cfg(quantization="none"), tiny_lm, out, verbose=False)
+
+
+@pytest.mark.slow  # runs the file in the Flex interpreter
 def test_fp32_text_equals_keras_greedy_in_flex_interpreter(fp32_export):
     v = json.loads((fp32_export.model_path.parent / "verification.json").read_text())
     assert v["reference"] == "keras" and v["tensorflow"].startswith("2.19")
@@ -75,16 +85,16 @@ def test_weightless_file_fails_the_size_check(fp32_export):
     weightless = bytes(fu.convert_object_to_bytearray(model))
     parameters = fp32_export.metrics["parameters"]
     with pytest.raises(PipelineError, match="weights missing or duplicated"):
-        tflite_tools.check_size(weightless, parameters, "none")
-    tflite_tools.check_size(fp32_export.model_path.read_bytes(), parameters, "none")
+        tflite.check_size(weightless, parameters, "none")
+    tflite.check_size(fp32_export.model_path.read_bytes(), parameters, "none")
     with pytest.raises(PipelineError, match="weights missing or duplicated"):  # as if doubled
-        tflite_tools.check_size(fp32_export.model_path.read_bytes(), int(parameters * 0.7), "none")
+        tflite.check_size(fp32_export.model_path.read_bytes(), int(parameters * 0.7), "none")
 
 
 @pytest.mark.parametrize("mode, ratio", [("fp16", 0.5), ("int8", 0.25), ("int4", 0.125)])
-def test_quantized_modes_run_and_shrink(tiny_preset, tmp_path, fp32_export, mode, ratio):
-    result = export_text_model(cfg(quantization=mode), tmp_path, preset=str(tiny_preset),
-                               verbose=False)
+@pytest.mark.slow  # three exports, each run in the Flex interpreter
+def test_quantized_modes_run_and_shrink(tiny_lm, tmp_path, fp32_export, mode, ratio):
+    result = export_text_model(cfg(quantization=mode), tiny_lm, tmp_path / "text", verbose=False)
     m = result.metrics
     expected = 4 * m["parameters"] * ratio
     # Biases, LayerNorm and scales stay float32 (about 5 KB in this tiny model); a second
@@ -96,19 +106,20 @@ def test_quantized_modes_run_and_shrink(tiny_preset, tmp_path, fp32_export, mode
     assert len(v["first_differences"]) == v["prompts"]
 
 
-def test_top_k_export_matches_tensorflow_graph(tiny_preset, tmp_path):
+@pytest.mark.slow  # runs the file in the Flex interpreter
+def test_top_k_export_matches_tensorflow_graph(tiny_lm, tmp_path):
     result = export_text_model(cfg(quantization="none", sampler="top_k", top_k=5, seed=3,
                                    temperature=0.7, prompts=["Tomato soup.", "Bread"]),
-                               tmp_path, preset=str(tiny_preset), verbose=False)
+                               tiny_lm, tmp_path / "text", verbose=False)
     v = result.metrics["verification"]
     assert v["reference"] == "tensorflow" and v["matches"] == 2
 
 
-def test_max_length_above_position_limit(tiny_preset, tmp_path):
+def test_max_length_above_position_limit(tiny_lm, tmp_path):
     with pytest.raises(ConfigError, match="export.max_length: 500 is above the model's position "
                                           "limit 96"):
-        export_text_model(cfg(max_length=500), tmp_path, preset=str(tiny_preset), verbose=False)
-    assert not (tmp_path / "export").exists()
+        export_text_model(cfg(max_length=500), tiny_lm, tmp_path / "text", verbose=False)
+    assert not (tmp_path / "text").exists()
 
 
 def test_preset_without_weights(tiny_preset, tmp_path):
@@ -118,7 +129,7 @@ def test_preset_without_weights(tiny_preset, tmp_path):
         if f.is_file() and f.name != "model.weights.h5":
             (broken / f.name).write_bytes(f.read_bytes())
     with pytest.raises(PresetError, match="no model.weights.h5"):
-        export_text_model(cfg(), tmp_path / "run", preset=str(broken), verbose=False)
+        export_preset(cfg(), tmp_path / "run", preset=str(broken), verbose=False)
     assert not (tmp_path / "run").exists()
 
 

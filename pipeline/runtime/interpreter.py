@@ -8,17 +8,18 @@ holds 0 for visible positions and a large negative value elsewhere.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
-from pipeline.streaming import NEG
+from pipeline.train.loop import loss_and_perplexity
+
+NEG = -0.7 * 3.4028235e38  # what LiteRT-LM's CPU executor writes for masked positions
 
 
-class StreamRunner:
+class StreamingInterpreter:
+    """The streaming .tflite in ai-edge-litert's interpreter, fed one token at a time."""
+
     def __init__(self, model_path, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         self.decode = self.interpreter.get_signature_runner("decode")
         details = self.decode.get_input_details()
@@ -45,8 +46,8 @@ class StreamRunner:
         return np.stack([self.decode_step(int(t), i) for i, t in enumerate(token_ids)])
 
 
-def perplexity(runner: StreamRunner, split) -> dict:
-    """Returns {"loss", "perplexity"} over a TokenizedSplit, like training.perplexity."""
+def interpreter_perplexity(runner: StreamingInterpreter, split) -> dict:
+    """Returns {"loss", "perplexity"} over a TokenizedSplit, reduced as `loop.perplexity`."""
     total, count = 0.0, 0.0
     for row in range(len(split.y)):
         n = int(split.x["padding_mask"][row].sum())
@@ -56,5 +57,4 @@ def perplexity(runner: StreamRunner, split) -> dict:
         targets, weights = split.y[row, :n], split.w[row, :n]
         total += float(-(log_probs[np.arange(n), targets] * weights).sum())
         count += float(weights.sum())
-    loss = total / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return loss_and_perplexity(total, count)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.distill import (build_student, compare, distillation_loss, student_layer_sources,
-                              train_student)
 from pipeline.errors import ConfigError
+from pipeline.train.distill import (build_student, distillation_loss, student_layer_sources,
+                                    train_student, verdict)
 
 LN3 = math.log(3.0)
 
@@ -44,11 +44,11 @@ def test_padding_is_masked():
 
 
 def test_verdict_names_the_outcome_and_the_likely_cause():
-    assert compare({"teacher": 14.0, "student": 15.5, "baseline": 16.0}).startswith(
+    assert verdict({"teacher": 14.0, "student": 15.5, "baseline": 16.0}).startswith(
         "Distillation helped: the student's perplexity is 3.1% below")
-    undertrained = compare({"teacher": 46.5, "student": 43.4, "baseline": 39.8})
+    undertrained = verdict({"teacher": 46.5, "student": 43.4, "baseline": 39.8})
     assert "did not help" in undertrained and "under-trained" in undertrained
-    assert "alpha" in compare({"teacher": 14.0, "student": 16.5, "baseline": 16.0})
+    assert "alpha" in verdict({"teacher": 14.0, "student": 16.5, "baseline": 16.0})
 
 
 def test_layer_sources():
@@ -103,7 +103,7 @@ def test_bad_distill_settings(overrides, message):
 def test_few_steps_lower_the_distillation_loss(tiny_preset, kitchen_lines):
     import keras_hub
 
-    from pipeline.data import tokenize
+    from pipeline.train.data import tokenize
     from pipeline.presets import load_causal_lm
 
     teacher = load_causal_lm(str(tiny_preset))

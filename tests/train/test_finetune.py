@@ -1,11 +1,18 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from pipeline import finetune as finetune_mod
 from pipeline.config import load_config
 from pipeline.presets import load_causal_lm
+from pipeline.train import finetune as finetune_mod
+
+from conftest import ROOT
 
 
 @pytest.fixture
@@ -34,13 +41,21 @@ def test_few_steps_lower_validation_loss(kitchen_cfg, tmp_path):
     assert list((stage / "tensorboard").rglob("events.out.tfevents.*"))
     gens = json.loads((stage / "generations.json").read_text())
     assert gens["after"]["greedy"][0].startswith("Tomato soup.")
-    # The saved preset is the trained model.
+    # The saved preset is the trained model, with the run's config beside it.
     again = load_causal_lm(str(result.preset_dir))
     assert again.preprocessor.sequence_length == 48
+    assert "sequence_length: 48" in (result.preset_dir / "run_config.yaml").read_text()
+    assert not (stage / "checkpoints").exists()  # optimizer state removed once done
+
+
+def test_keep_checkpoints_keeps_them(kitchen_cfg, tmp_path):
+    finetune_mod.finetune(kitchen_cfg(max_steps=3, keep_checkpoints=True), tmp_path / "run",
+                          verbose=False)
+    latest = tmp_path / "run" / "finetune" / "checkpoints" / "latest.json"
+    assert json.loads(latest.read_text())["epoch"] == 1
 
 
 def test_resume_after_interruption(kitchen_cfg, tmp_path, monkeypatch):
-    cfg = kitchen_cfg(epochs=3)
     real_logger = finetune_mod.StepLossLogger
 
     def interrupting_logger(history=None):
@@ -53,6 +68,7 @@ def test_resume_after_interruption(kitchen_cfg, tmp_path, monkeypatch):
         return logger
 
     monkeypatch.setattr(finetune_mod, "StepLossLogger", interrupting_logger)
+    cfg = kitchen_cfg(epochs=3, keep_checkpoints=True)
     with pytest.raises(KeyboardInterrupt):
         finetune_mod.finetune(cfg, tmp_path / "run", verbose=False)
     ckpt = tmp_path / "run" / "finetune" / "checkpoints"
@@ -100,3 +116,43 @@ def test_sequence_length_above_model_limit(kitchen_cfg, tmp_path):
     with pytest.raises(ConfigError, match="finetune.sequence_length: 500 is above"):
         finetune_mod.finetune(kitchen_cfg(sequence_length=500), tmp_path / "run", verbose=False)
     assert not (tmp_path / "run").exists()
+
+
+def finetune_cli(config, run_dir, **popen):
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "finetune", str(config),
+                             "--run-dir", str(run_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow  # three fine-tunes in child processes
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_preset, tmp_path, kitchen_lines):
+    data = tmp_path / "kitchen.txt"
+    data.write_text("\n\n".join(kitchen_lines[:60]), encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  preset: {tiny_preset}\ndata:\n  path: {data}\n"
+                      "finetune:\n  sequence_length: 48\n  batch_size: 8\n  epochs: 10\n"
+                      "  learning_rate: 3.0e-3\n"
+                      "eval:\n  max_length: 20\n  prompts: [Tomato soup.]\n")
+    whole = finetune_cli(config, tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
+
+    killed = finetune_cli(config, tmp_path / "killed")
+    latest = tmp_path / "killed" / "finetune" / "checkpoints" / "latest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and killed.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["epoch"] >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    done = json.loads(latest.read_text())["epoch"]
+    assert 3 <= done < 10, done  # killed after a checkpoint, before the end
+    assert not (tmp_path / "killed" / "finetune" / "preset").exists()
+
+    resumed = finetune_cli(config, tmp_path / "killed")  # the dead run's lock does not block
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text())["finetune"]
+               for name in ("whole", "killed")]
+    losses = [m["after"]["val_loss"] for m in metrics]
+    assert f"{losses[0]:.4g}" == f"{losses[1]:.4g}", losses  # 4 significant digits
+    assert metrics[0]["steps"] == metrics[1]["steps"] == 70

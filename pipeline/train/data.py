@@ -7,8 +7,7 @@ Formats:
   - a folder (every such file in it, sorted) or a glob pattern.
 
 Example:
-    >>> examples = load_examples(DataConfig(path="notes.txt"))
-    >>> train, val = split_examples(examples, 0.1, seed=1234)
+    >>> train, val = load_split(DataConfig(path="notes.txt"))
 """
 
 from __future__ import annotations
@@ -140,6 +139,11 @@ def split_examples(examples: list[str], validation_fraction: float, seed: int):
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in sorted(order[n_val:])]
     return train, val
+
+
+def load_split(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """Returns (train, validation) examples of the data named by `cfg`, split by its seed."""
+    return split_examples(load_examples(cfg), cfg.validation_fraction, cfg.seed)
 
 
 def tokenize(examples: list[str], preprocessor, chunk: int = 256) -> TokenizedSplit:

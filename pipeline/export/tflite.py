@@ -1,11 +1,6 @@
 """Converting a SavedModel to TFLite, storing the tied embedding once, quantizing, listing ops.
 
-Quantization modes (`QUANTIZATIONS`):
-  none  float32 weights;
-  fp16  float16 weights, dequantized once when the interpreter prepares the model;
-  int8  dynamic-range int8: weights int8 with one scale per output row, activations
-        quantized on the fly inside FULLY_CONNECTED (the default);
-  int4  dynamic-range int4, same layout (through ai-edge-quantizer).
+Quantization modes: `pipeline.config.Quantization` (int4 and int8 through ai-edge-quantizer).
 
 How the tied token embedding is stored once: the converter emits `GATHER(wte, ids)` for the
 lookup and `FULLY_CONNECTED(x, wte)` for the logits on the same float tensor. Quantizing
@@ -21,16 +16,19 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from ai_edge_litert.tools import flatbuffer_utils as fu
+from ai_edge_quantizer import qtyping, quantizer, recipe
 
-from pipeline.config import QUANTIZATIONS
+from pipeline.config import Quantization
 from pipeline.errors import PipelineError
-BYTES_PER_WEIGHT = {"none": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+
+BYTES_PER_WEIGHT = {Quantization.NONE: 4.0, Quantization.FP16: 2.0, Quantization.INT8: 1.0,
+                    Quantization.INT4: 0.5}
 
 
 def convert_saved_model(saved_model_dir, select_tf_ops: bool) -> bytes:
     """Returns the float32 TFLite flatbuffer of a SavedModel's signatures."""
-    import tensorflow as tf
-
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     if select_tf_ops:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
@@ -46,8 +44,6 @@ def _builtin(opcode) -> int:
 
 
 def _opcode_index(model, code: int, version: int) -> int:
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
     for i, oc in enumerate(model.operatorCodes):
         if _builtin(oc) == code and oc.version == version:
             return i
@@ -68,8 +64,6 @@ def tie_embedding(flatbuffer: bytes) -> tuple[bytes, int]:
     Version 4 of EMBEDDING_LOOKUP (per-row quantized tables, TFLite 2.18+) makes an older
     runtime refuse the model instead of returning zeros.
     """
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
     ops = fu.schema_fb.BuiltinOperator
     types = fu.schema_fb.TensorType
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
@@ -98,8 +92,6 @@ def tie_embedding(flatbuffer: bytes) -> tuple[bytes, int]:
 
 def _unique_tensor_names(flatbuffer: bytes) -> bytes:
     """Suffixes tensor names repeated across subgraphs (ai-edge-quantizer needs unique names)."""
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
     seen = collections.Counter()
     for index, sg in enumerate(model.subgraphs):
@@ -112,23 +104,20 @@ def _unique_tensor_names(flatbuffer: bytes) -> bytes:
 
 
 def quantize(flatbuffer: bytes, mode: str) -> bytes:
-    """Returns the float32 flatbuffer quantized in `mode` (one of QUANTIZATIONS)."""
-    if mode not in QUANTIZATIONS:
-        raise PipelineError(f"quantization {mode!r} is not one of {', '.join(QUANTIZATIONS)}")
-    if mode == "none":
+    """Returns the float32 flatbuffer quantized in `mode` (a Quantization)."""
+    mode = Quantization(mode)
+    if mode == Quantization.NONE:
         return flatbuffer
-    from ai_edge_quantizer import qtyping, quantizer, recipe
-
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "float.tflite"
         source.write_bytes(_unique_tensor_names(flatbuffer))
         qt = quantizer.Quantizer(str(source))
-        if mode == "fp16":
+        if mode == Quantization.FP16:
             qt.add_weight_only_config(
                 regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                 num_bits=16, algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
             )
-        elif mode == "int8":
+        elif mode == Quantization.INT8:
             qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
         else:
             qt.load_quantization_recipe(recipe.dynamic_wi4_afp32())
@@ -137,8 +126,6 @@ def quantize(flatbuffer: bytes, mode: str) -> bytes:
 
 def op_report(flatbuffer: bytes) -> dict:
     """Returns {"builtin": {op: count}, "select_tf": {...}, "custom": {...}} over all subgraphs."""
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
     names = {v: k for k, v in vars(fu.schema_fb.BuiltinOperator).items() if not k.startswith("_")}
     report = {"builtin": collections.Counter(), "select_tf": collections.Counter(),
@@ -164,8 +151,6 @@ def weight_bytes(flatbuffer: bytes) -> int:
     String and integer constants (tokenizer tables, shapes) are left out, so this measures
     how the weights themselves are stored.
     """
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
     types = fu.schema_fb.TensorType
     weight_types = {types.FLOAT32, types.FLOAT16, types.INT8, types.UINT8, types.INT4}
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
@@ -190,7 +175,7 @@ def check_size(flatbuffer: bytes, parameters: int, mode: str) -> int:
     stay float32: up to 12% slack, plus 16 KB of graph constants.
     """
     stored = weight_bytes(flatbuffer)
-    expected = parameters * BYTES_PER_WEIGHT[mode]
+    expected = parameters * BYTES_PER_WEIGHT[Quantization(mode)]
     if stored < 0.95 * expected or stored > 1.12 * expected + 16384:
         raise PipelineError(
             f"{mode} model stores {stored / 1e6:.2f} MB of weights but {parameters:,} "

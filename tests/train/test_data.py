@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.data import load_examples, split_examples, tokenize
+from pipeline.train.data import load_examples, split_examples, tokenize
 from pipeline.errors import DataError
 
 

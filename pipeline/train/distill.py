@@ -12,8 +12,8 @@ Teacher logits are computed in the same step for the same batch, so memory stays
 corpus grows. The baseline is the same student architecture and initialisation trained for
 the same steps with alpha = 0 (labels only).
 
-Writes `<run_dir>/distill/`: preset/ (the student as a keras-hub preset), perplexity.png,
-generations.json.
+Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a keras-hub preset,
++ config.yaml), perplexity.png, generations.json.
 """
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
+import keras_hub
 import numpy as np
+import tensorflow as tf
+from keras import ops
 
 from pipeline.config import DistillConfig, RunConfig
-from pipeline.data import load_examples, split_examples, tokenize
 from pipeline.errors import ConfigError
-from pipeline.evaluate import evaluate
-from pipeline.fsutil import atomic_file, write_json
+from pipeline.fsutil import write_json
 from pipeline.presets import check_local_preset, load_causal_lm, save_preset
-from pipeline.training import make_optimizer, perplexity, plan_steps
+from pipeline.report import plot_perplexities
+from pipeline.run_folder import RunFolder
+from pipeline.train.callbacks import tqdm
+from pipeline.train.data import load_split, tokenize
+from pipeline.train.evaluate import decode_tokens_per_second, evaluate
+from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
 
 
 @dataclass
@@ -46,8 +53,6 @@ def distillation_loss(teacher_logits, student_logits, labels, weights, temperatu
     teacher_logits, student_logits: (B, T, V); labels: (B, T) int; weights: (B, T), 1 for
     real target tokens and 0 for padding.
     """
-    from keras import ops
-
     weights = ops.cast(weights, "float32")
     student_logits = ops.cast(student_logits, "float32")
     ce = ops.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
@@ -69,8 +74,6 @@ def student_layer_sources(teacher_layers: int, student_layers: int) -> list[int]
 
 def build_student(teacher_backbone, cfg: DistillConfig):
     """Returns (student backbone, init description) for the teacher and the config."""
-    import keras_hub
-
     layers = cfg.student_layers or max(1, teacher_backbone.num_layers // 2)
     if layers > teacher_backbone.num_layers:
         raise ConfigError(f"distill.student_layers: {layers} is more than the teacher's "
@@ -104,12 +107,6 @@ def build_student(teacher_backbone, cfg: DistillConfig):
 def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: float, desc: str,
                   verbose: bool) -> list[float]:
     """Trains `student_lm` in place; returns the loss per step."""
-    import keras
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    from pipeline.training import batches
-
     keras.utils.set_random_seed(cfg.seed)
     steps_per_epoch, epochs, total = plan_steps(len(train.y), cfg.batch_size, cfg.epochs,
                                                 cfg.max_steps)
@@ -126,7 +123,7 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    data = iter(batches(train.x, train.y, train.w, cfg.batch_size, cfg.seed, shuffle=True))
+    data = iter(training_batches(train.x, train.y, train.w, cfg.batch_size, cfg.seed, 0, epochs))
     losses = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
     for _ in range(total):
@@ -138,23 +135,7 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     return losses
 
 
-def decode_tokens_per_second(causal_lm, prompt: str, new_tokens: int) -> float:
-    """Returns Keras greedy decode speed (tokens/s), timed after a warm-up call."""
-    import keras_hub
-
-    causal_lm.sampler = keras_hub.samplers.GreedySampler()
-    causal_lm.generate_function = None
-    prompt_tokens = len(causal_lm.preprocessor.tokenizer(prompt)) + 1
-    length = min(prompt_tokens + new_tokens, causal_lm.backbone.max_sequence_length)
-    causal_lm.generate([prompt], max_length=length, stop_token_ids=None)  # trace + warm up
-    started = time.perf_counter()
-    causal_lm.generate([prompt], max_length=length, stop_token_ids=None)
-    seconds = time.perf_counter() - started
-    causal_lm.generate_function = None
-    return (length - prompt_tokens) / seconds
-
-
-def compare(ppl: dict) -> str:
+def verdict(ppl: dict) -> str:
     """Returns one line judging the distilled student against the baseline and the teacher."""
     vs_baseline = ppl["student"] / ppl["baseline"] - 1.0
     vs_teacher = ppl["student"] / ppl["teacher"] - 1.0
@@ -169,41 +150,14 @@ def compare(ppl: dict) -> str:
             f"the labels-only baseline's; {hint}.")
 
 
-def plot_perplexities(values: dict, params: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    names = list(values)
-    bars = ax.bar(names, [values[n] for n in names], color=["#777", "#2a7", "#c84"])
-    for bar, name in zip(bars, names):
-        ax.annotate(f"{values[name]:.1f}\n{params[name] / 1e6:.2f}M params",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("validation perplexity")
-    ax.set_ylim(0, max(values.values()) * 1.3)
-    fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
 def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
             verbose: bool = True) -> DistillResult:
     """Distills the teacher (default: the run's fine-tuned model) into a smaller student."""
-    import keras
-    import keras_hub
-
     d, ft = cfg.distill, cfg.finetune
-    stage_dir = Path(run_dir) / "distill"
+    folder = RunFolder(run_dir)
     log = print if verbose else (lambda *a, **k: None)
-    source = teacher or str(Path(run_dir) / "finetune" / "preset")
-    if not teacher:
-        check_local_preset(Path(source))
-    examples = load_examples(cfg.data)
-    train_text, val_text = split_examples(examples, cfg.data.validation_fraction, cfg.data.seed)
+    source = teacher or str(check_local_preset(folder.finetune_preset))
+    train_text, val_text = load_split(cfg.data)
     teacher_lm = load_causal_lm(source)
     teacher_lm.preprocessor.sequence_length = min(ft.sequence_length,
                                                   teacher_lm.backbone.max_sequence_length)
@@ -234,8 +188,8 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
               "student": student_backbone.count_params(),
               "baseline": baseline_backbone.count_params()}
     log("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
-    verdict = compare(ppl)
-    log(verdict)
+    judged = verdict(ppl)
+    log(judged)
     prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
     speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens),
              "student": decode_tokens_per_second(student_lm, prompt, d.speed_tokens)}
@@ -243,9 +197,9 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         f"{speed['student']:.1f} tokens/s")
     generations = evaluate(student_lm, val, cfg.eval, cfg.eval.max_length)["generations"]
 
-    preset_dir = save_preset(student_lm, stage_dir / "preset")
-    plot_perplexities(ppl, params, stage_dir / "perplexity.png")
-    write_json(stage_dir / "generations.json", {"prompts": list(cfg.eval.prompts),
+    preset_dir = save_preset(student_lm, folder.student_preset, cfg)
+    plot_perplexities(ppl, params, folder.distill / "perplexity.png")
+    write_json(folder.distill / "generations.json", {"prompts": list(cfg.eval.prompts),
                                                 "student": generations})
     metrics = {
         "teacher": source,
@@ -259,7 +213,7 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         "student_vs_teacher": ppl["student"] / ppl["teacher"] - 1.0,
         "student_vs_baseline": ppl["student"] / ppl["baseline"] - 1.0,
         "student_beats_baseline": ppl["student"] < ppl["baseline"],
-        "verdict": verdict,
+        "verdict": judged,
         "loss_first_last": {"student": [student_losses[0], float(np.mean(student_losses[-5:]))],
                             "baseline": [baseline_losses[0],
                                          float(np.mean(baseline_losses[-5:]))]},

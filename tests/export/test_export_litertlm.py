@@ -1,16 +1,15 @@
 """Streaming export to .litertlm, run by LiteRT-LM: parity with Keras and bad inputs."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.export_stream import LOGIT_TOLERANCE, export_litertlm
-
-from conftest import ROOT
+from pipeline.export.litertlm import export_litertlm
+from pipeline.export.tflite import op_report
+from pipeline.export.verify import LOGIT_TOLERANCE
+from pipeline.presets import load_causal_lm
 
 
 def cfg(**export):
@@ -18,16 +17,15 @@ def cfg(**export):
                               "finetune": {"sequence_length": 64}})
 
 
-@pytest.fixture(scope="module")
-def fp32_bundle(tiny_preset, tmp_path_factory):
-    run = tmp_path_factory.mktemp("litertlm_fp32")
-    return export_litertlm(cfg(quantization="none"), run, preset=str(tiny_preset), verbose=False)
+def export(tiny_preset, out, kitchen, **settings):
+    return export_litertlm(cfg(**settings), load_causal_lm(str(tiny_preset)), out, kitchen[:40],
+                           verbose=False)
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tiny_preset, tmp_path_factory):
-    run = tmp_path_factory.mktemp("litertlm_int8")
-    return export_litertlm(cfg(quantization="int8"), run, preset=str(tiny_preset), verbose=False)
+def fp32_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
+    out = tmp_path_factory.mktemp("litertlm_fp32") / "litertlm"
+    return export(tiny_preset, out, kitchen_paragraphs, quantization="none")
 
 
 def verification(result):
@@ -68,53 +66,15 @@ def test_int8_perplexity_within_3_percent(int8_bundle, fp32_bundle):
 
 
 def test_builtin_ops_only(int8_bundle):
-    from pipeline.tflite_tools import op_report
-
     ops = op_report((int8_bundle.bundle_path.with_suffix(".tflite")).read_bytes())
     assert not ops["select_tf"] and not ops["custom"]
     assert "DYNAMIC_UPDATE_SLICE" in ops["builtin"] and "EMBEDDING_LOOKUP" in ops["builtin"]
 
 
-def generate(bundle, *args):
-    return subprocess.run([sys.executable, "-m", "pipeline", "generate", str(bundle), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-def test_generate_streams_text(int8_bundle):
-    proc = generate(int8_bundle.bundle_path, "Tomato soup.", "--max-new-tokens", "8")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("Tomato soup.") and len(proc.stdout.rstrip("\n")) > len("Tomato soup.")
-    run_dir = int8_bundle.bundle_path.parent.parent.parent  # a run folder works too
-    proc = generate(run_dir, "Bread", "--sampler", "top_k", "--top-k", "5", "--seed", "1",
-                    "--max-new-tokens", "4")
-    assert proc.returncode == 0 and proc.stdout.startswith("Bread")
-
-
-@pytest.mark.parametrize("args, message", [
-    (["x " * 200], r"error: the prompt has \d+ tokens but the model's context is 96: shorten"),
-    (["   "], "error: the prompt is empty"),
-])
-def test_generate_bad_prompts(int8_bundle, args, message):
-    import re
-
-    proc = generate(int8_bundle.bundle_path, *args)
-    assert proc.returncode == 2
-    assert re.match(message, proc.stderr.strip().splitlines()[-1])
-
-
-def test_generate_unknown_bundle(tmp_path):
-    proc = generate(tmp_path / "nope.litertlm", "hi")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'nope.litertlm'} does not exist: give a .litertlm file or a run folder")
-
-
-def test_prefill_longer_than_context(tiny_preset, tmp_path):
+def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
     with pytest.raises(ConfigError, match="export.prefill_lengths: 128 is longer than the "
                                           "context 96"):
-        export_litertlm(cfg(prefill_lengths=[16, 128]), tmp_path, preset=str(tiny_preset),
-                        verbose=False)
+        export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[16, 128])
     with pytest.raises(ConfigError, match="prime above 10"):
-        export_litertlm(cfg(prefill_lengths=[17]), tmp_path, preset=str(tiny_preset),
-                        verbose=False)
-    assert not (tmp_path / "export").exists()
+        export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[17])
+    assert not (tmp_path / "litertlm").exists()

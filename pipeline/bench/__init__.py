@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m pipeline bench export|litertlm`): numbers side by side, one run."""

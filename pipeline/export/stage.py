@@ -1,0 +1,46 @@
+"""Export stage: the run's models -> every target in `export.targets`, each verified.
+
+The teacher (export.preset, else the run's fine-tuned model) goes to export/text and
+export/litertlm; when the run distilled a student, it goes to export/student_text and
+export/student_litertlm. Each model is loaded once and handed to each target.
+"""
+
+from __future__ import annotations
+
+from pipeline.base import WEIGHTS_FILE
+from pipeline.config import RunConfig
+from pipeline.export.litertlm import export_litertlm
+from pipeline.export.text import export_text_model
+from pipeline.presets import check_local_preset, load_causal_lm
+from pipeline.run_folder import RunFolder
+from pipeline.train.data import load_split
+
+
+def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: bool = False,
+                  verbose: bool = True) -> dict:
+    """Exports one preset (default: export.preset, else the run's fine-tuned model) to every
+    target in export.targets; returns {target: result}."""
+    folder = RunFolder(run_dir)
+    source = preset or cfg.export.preset or str(check_local_preset(folder.finetune_preset))
+    causal_lm = load_causal_lm(source)
+    results = {}
+    if "text" in cfg.export.targets:
+        results["text"] = export_text_model(cfg, causal_lm, folder.export("text", student),
+                                            source, verbose=verbose)
+    if "litertlm" in cfg.export.targets:
+        _, val_text = load_split(cfg.data)
+        results["litertlm"] = export_litertlm(cfg, causal_lm,
+                                              folder.export("litertlm", student), val_text,
+                                              source, verbose=verbose)
+    return results
+
+
+def export_run_models(cfg: RunConfig, run_dir, verbose: bool = True) -> dict:
+    """Exports the run's models; returns {"teacher": {target: result}, "student": ...}."""
+    folder = RunFolder(run_dir)
+    results = {"teacher": export_preset(cfg, run_dir, verbose=verbose)}
+    student = folder.student_preset
+    if cfg.distill.enabled and not cfg.export.preset and (student / WEIGHTS_FILE).is_file():
+        results["student"] = export_preset(cfg, run_dir, preset=str(student), student=True,
+                                           verbose=verbose)
+    return results

@@ -1,0 +1,157 @@
+"""The text target: a GPT-2 model -> one `.tflite` text model that mobile apps run as is.
+
+Signature `serving_default`: input `prompt` (string scalar), output `text` (the prompt plus
+its continuation), the whole generation loop, tokenizer and detokenizer inside the graph
+(`text_graph.TextModel`). It needs TFLite's select-TF-ops (Flex) runtime: the tokenizer uses
+TF string and TF-Text ops.
+
+Writes `<run_dir>/export/text/` (the student's: `student_text/`):
+  gpt2_text_<quantization>.tflite  the model
+  ops.json, ops.md                 builtin and select-TF ops to link
+  verification.json                Flex-interpreter outputs vs Keras, per prompt
+  README.md                        how to call it, for the mobile team
+  run_config.yaml                  the run's resolved config
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from pipeline.config import ExportConfig, RunConfig, Sampler, dump_yaml
+from pipeline.errors import ConfigError
+from pipeline.export.graph import GPT2Graph, weights_from_backbone
+from pipeline.export.text_graph import TextModel
+from pipeline.export.tflite import (check_size, convert_saved_model, op_report, quantize,
+                                    tie_embedding)
+from pipeline.export.verify import enforce_text, text_parity, text_prompts
+from pipeline.fsutil import atomic_dir, write_json, write_text
+from pipeline.runtime.flex import require_flex, run_in_flex
+from pipeline.train.evaluate import generate_texts
+
+
+@dataclass
+class TextModelResult:
+    model_path: Path
+    metrics: dict
+
+
+def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
+                      verbose: bool = True) -> TextModelResult:
+    """Exports `causal_lm` as a verified text .tflite in `out_dir`."""
+    ex = cfg.export
+    log = print if verbose else (lambda *a, **k: None)
+    started = time.time()
+    limit = causal_lm.backbone.max_sequence_length
+    if ex.max_length > limit:
+        raise ConfigError(f"export.max_length: {ex.max_length} is above the model's position "
+                          f"limit {limit}")
+    if ex.verify:
+        require_flex(ex)  # the set-up message comes before any work
+
+    tokenizer = causal_lm.preprocessor.tokenizer
+    weights = weights_from_backbone(causal_lm.backbone)
+    parameters = weights.count()
+    module = TextModel(tokenizer, GPT2Graph(weights), ex.sampling, ex.max_length)
+    prompts = text_prompts(cfg, tokenizer)
+    if ex.sampler == Sampler.GREEDY:
+        reference = "keras"
+        expected = generate_texts(causal_lm, prompts, ex.max_length)
+    else:  # sampling: the reference is the same graph run by TensorFlow before conversion
+        reference = "tensorflow"
+        expected = [module.serve(tf.constant(p))["text"].numpy().decode("utf-8", "replace")
+                    for p in prompts]
+
+    log(f"Converting ({parameters:,} parameters, max_length {ex.max_length}, "
+        f"{ex.sampler} sampling, {ex.quantization}) ...")
+    model_bytes, stored, lookups = text_model_tflite(module, parameters, ex.quantization)
+    ops = op_report(model_bytes)
+    export_seconds = time.time() - started
+
+    name = f"gpt2_text_{ex.quantization}.tflite"
+    final_dir = Path(out_dir)
+    verification = None
+    with atomic_dir(final_dir) as out:
+        (out / name).write_bytes(model_bytes)
+        if ex.verify:
+            log("Verifying in the Flex interpreter ...")
+            flex = run_in_flex(out / name, prompts, ex)
+            verification = text_parity(prompts, expected, flex["outputs"])
+            verification.update(reference=reference, tensorflow=flex["tensorflow"],
+                                seconds_per_prompt=flex["seconds"])
+            write_json(out / "verification.json", verification)
+            enforce_text(verification, ex.quantization)
+            log(f"  {verification['matches']}/{verification['prompts']} prompts give the same "
+                f"text as {reference}")
+        write_json(out / "ops.json", ops)
+        write_text(out / "ops.md", ops_markdown(ops))
+        write_text(out / "README.md", mobile_readme(name, ex, parameters))
+        write_text(out / "run_config.yaml", dump_yaml(cfg))
+    model_path = final_dir / name
+    metrics = {
+        "preset": source, "file": str(model_path), "quantization": ex.quantization,
+        "size_bytes": len(model_bytes), "parameters": parameters,
+        "bytes_per_parameter": len(model_bytes) / parameters,
+        "weight_bytes": stored,
+        "embedding_lookups": lookups, "max_length": ex.max_length, "sampler": ex.sampler,
+        "export_seconds": round(export_seconds, 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "select_tf_ops": sorted(ops["select_tf"]),
+        "verification": None if verification is None else {
+            k: verification[k] for k in ("prompts", "matches", "match_share", "reference")},
+    }
+    if verification is not None:
+        metrics["verification"]["first_differences"] = [
+            r["first_difference"] for r in verification["rows"]]
+    log(f"Wrote {model_path} ({len(model_bytes) / 1e6:.1f} MB)")
+    return TextModelResult(model_path=model_path, metrics=metrics)
+
+
+def text_model_tflite(module, parameters: int, quantization: str):
+    """Returns (flatbuffer, weight bytes, embedding lookups) of a TextModel module.
+
+    SavedModel -> `from_saved_model` (which freezes the weights into the file, unlike
+    `from_concrete_functions`), tied table rewired, quantized, and checked for size.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        float_model = convert_saved_model(tmp, select_tf_ops=True)
+    float_model, lookups = tie_embedding(float_model)
+    check_size(float_model, parameters, "none")  # a weightless or doubled file stops here
+    model_bytes = quantize(float_model, quantization)
+    stored = check_size(model_bytes, parameters, quantization)
+    return model_bytes, stored, lookups
+
+
+def ops_markdown(ops: dict) -> str:
+    lines = ["# Operators in the exported model", ""]
+    for kind, title in (("builtin", "TFLite builtin ops"),
+                        ("select_tf", "Select TF ops (link `tensorflow-lite-select-tf-ops`)"),
+                        ("custom", "Custom ops")):
+        lines += [f"## {title}", ""]
+        lines += [f"- `{name}` × {count}" for name, count in ops[kind].items()] or ["- none"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def mobile_readme(name: str, ex: ExportConfig, parameters: int) -> str:
+    return f"""# GPT-2 text model for mobile
+
+File: `{name}` ({parameters:,} parameters, {ex.quantization} weights).
+
+- Signature `serving_default`: input `prompt` (string scalar, UTF-8), output `text`
+  (string scalar: the prompt followed by the generated continuation).
+- Generation runs inside the model: at most {ex.max_length} tokens in all (prompt included;
+  longer prompts are truncated), {ex.sampler} sampling{'' if ex.sampler == 'greedy' else
+  f' (temperature {ex.temperature}, seed {ex.seed})'}, stops at `<|endoftext|>`.
+- Runtime: the TFLite interpreter with select TF ops (Android:
+  `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer uses TF string ops and the
+  TF-Text op `RegexSplitWithOffsets`; build the select-TF-ops library with TF-Text kernels
+  included. The full op list is in `ops.md`.
+- Quantized weights need TFLite 2.18 or newer (per-row quantized EMBEDDING_LOOKUP).
+"""

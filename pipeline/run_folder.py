@@ -1,0 +1,131 @@
+"""Every path of a run, in one place, and the lock that keeps two runs out of one folder.
+
+A run folder (`<output_dir>/<name>/`, built as `<name>.partial/` by `python -m pipeline run`):
+  config.yaml                 the resolved config
+  metrics.json                one section per stage
+  notebooks/                  the executed notebooks
+  finetune/preset/            the fine-tuned model (keras-hub preset) + config.yaml
+  finetune/checkpoints/       weights, optimizer and random state after each epoch
+  finetune/tensorboard/, loss_curve.png, generations.json
+  distill/preset/             the student (keras-hub preset) + config.yaml
+  distill/perplexity.png, generations.json
+  export/<model>_<target>/    what mobile teams receive (`text`, `litertlm`; the teacher has
+                              no prefix, the student `student_`) + config.yaml
+
+Example:
+    >>> folder = RunFolder("runs/default")
+    >>> folder.finetune_preset
+    PosixPath('runs/default/finetune/preset')
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+EXPORT_TARGETS = ("text", "litertlm")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    def __init__(self, root):
+        object.__setattr__(self, "root", Path(root))
+
+    # the run
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    # fine-tuning
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    @property
+    def finetune_preset(self) -> Path:
+        return self.finetune / "preset"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.finetune / "checkpoints"
+
+    # distillation
+    @property
+    def distill(self) -> Path:
+        return self.root / "distill"
+
+    @property
+    def student_preset(self) -> Path:
+        return self.distill / "preset"
+
+    # export
+    def export(self, target: str, student: bool = False) -> Path:
+        """The folder of one exported model: export/text, export/student_litertlm, ..."""
+        if target not in EXPORT_TARGETS:
+            raise ValueError(f"unknown export target {target!r}")
+        return self.root / "export" / (("student_" if student else "") + target)
+
+    def bundles(self) -> list[Path]:
+        """The .litertlm bundles of this run, the teacher's first."""
+        return sorted(self.export("litertlm").glob("*.litertlm")) + \
+            sorted(self.export("litertlm", student=True).glob("*.litertlm"))
+
+    @contextmanager
+    def lock(self):
+        """Holds `<parent>/.<name>.lock` while the block runs; refuses a second holder.
+
+        An OS lock (flock) dies with its process, so a crashed run never blocks the next one;
+        the file itself is removed when the block ends.
+        """
+        path = self.root.parent / f".{self.root.name.removesuffix('.partial')}.lock"
+        writable_folder(self.root.parent, "output_dir")
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise PipelineError(f"{self.root} is in use by a run still going ({holder}); "
+                                    f"wait for it or choose another name") from None
+            raise
+        try:
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            yield self
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()
+
+
+def writable_folder(path, setting: str) -> Path:
+    """Creates folder `path` if needed and proves it writable, else a one-line PipelineError."""
+    path = Path(path)
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise PipelineError(f"{setting}: cannot write to {path} ({reason}); choose a folder "
+                            f"you can write to, e.g. --set {setting}=runs") from None
+    return path

@@ -1,0 +1,102 @@
+"""Running a `.litertlm` bundle with the LiteRT-LM runtime: engine, streaming, prompt checks.
+
+Example:
+    >>> for piece in stream_generate("gpt2.litertlm", "Tomato soup.", max_new_tokens=32):
+    ...     print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import litert_lm
+import tokenizers
+
+from pipeline.config import Sampler, Sampling
+from pipeline.errors import PipelineError
+from pipeline.run_folder import RunFolder
+
+
+def sampler_config(sampling: Sampling):
+    """Returns LiteRT-LM's sampler settings for `sampling` (greedy = top-k 1)."""
+    greedy = sampling.sampler == Sampler.GREEDY
+    return litert_lm.SamplerConfig(
+        top_k=1 if greedy else sampling.top_k,
+        top_p=sampling.top_p if sampling.sampler == Sampler.TOP_P else 1.0,
+        temperature=1.0 if greedy else sampling.temperature, seed=sampling.seed)
+
+
+def find_bundle(path) -> Path:
+    """Returns the .litertlm named by `path`: the file itself, or the teacher's in a run."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix != ".litertlm":
+            raise PipelineError(f"{p} is not a .litertlm bundle")
+        return p
+    if p.is_dir():
+        found = RunFolder(p).bundles() + sorted(p.glob("*.litertlm"))
+        if found:
+            return found[0]
+        raise PipelineError(f"{p} holds no .litertlm bundle (export it with `python -m "
+                            f"pipeline export` and export.targets including litertlm)")
+    raise PipelineError(f"{p} does not exist: give a .litertlm file or a run folder")
+
+
+def context_of(bundle: Path) -> int:
+    """Returns max_num_tokens from the bundle's metadata (written next to it on export)."""
+    meta = bundle.parent / "llm_metadata.textproto"
+    if meta.is_file():
+        for line in meta.read_text().splitlines():
+            if line.startswith("max_num_tokens:"):
+                return int(line.split(":")[1])
+    return 1024
+
+
+def check_prompt(bundle: Path, prompt: str, context: int) -> int:
+    """Returns the prompt's token count (start token included) or raises a one-line error.
+
+    Uses the tokenizer.json exported beside the bundle, so no runtime is started.
+    """
+    if not prompt.strip():
+        raise PipelineError("the prompt is empty: give some text to continue")
+    tokenizer_json = bundle.parent / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return 1  # a bare bundle: the runtime itself refuses over-long prompts
+    n = len(tokenizers.Tokenizer.from_file(str(tokenizer_json)).encode(prompt).ids) + 1
+    if n >= context:
+        raise PipelineError(f"the prompt has {n} tokens but the model's context is {context}: "
+                            f"shorten it to fewer than {context - 1} tokens")
+    return n
+
+
+def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None, cache_dir=None):
+    """Returns a LiteRT-LM engine on the CPU; `cache_dir` keeps XNNPACK's packed weights."""
+    litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # quiet the runtime's INFO logs
+    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "litertlm-cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    # float32 activations: the runtime's default for text decoders is fp16, which would
+    # break exact parity with Keras.
+    return litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
+                            max_num_tokens=max_tokens, cache_dir=str(cache),
+                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
+                            enable_benchmark=True)
+
+
+def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
+                    sampling: Sampling = Sampling(), threads: int = 2, eng=None):
+    """Yields the generated text piece by piece (the prompt is not repeated)."""
+    owned = eng is None
+    eng = eng or engine(Path(bundle), threads)
+    try:
+        session = eng.create_session(apply_prompt_template=False,
+                                     sampler_config=sampler_config(sampling),
+                                     max_output_tokens=max_new_tokens)
+        session.run_prefill([prompt])
+        for response in session.run_decode_async():
+            if response.texts:
+                yield response.texts[0]
+        session.close()
+    finally:
+        if owned:
+            eng.close()

@@ -1,0 +1,1 @@
+"""Training stages: data, the training loop and its callbacks, evaluation, finetune, distill."""

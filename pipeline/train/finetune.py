@@ -1,0 +1,162 @@
+"""Fine-tuning stage: a GPT-2 preset + the user's text -> a fine-tuned preset, with numbers.
+
+Writes into `<run_dir>/finetune/` (paths: `RunFolder`):
+  preset/            the fine-tuned model as a keras-hub preset folder (+ config.yaml)
+  checkpoints/       weights + optimizer after each epoch; an interrupted run resumes here and
+                     ends exactly where it would have; deleted at the end unless
+                     finetune.keep_checkpoints
+  tensorboard/       TensorBoard logs
+  loss_curve.png     training and validation loss
+  generations.json   greedy and sampled generations for the fixed prompts, before and after
+
+Example:
+    >>> result = finetune(load_config("configs/default.yaml"), "runs/default")
+    >>> result.metrics["after"]["val_perplexity"] < result.metrics["before"]["val_perplexity"]
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
+from pipeline.fsutil import write_json, write_text
+from pipeline.presets import load_causal_lm, save_preset
+from pipeline.report import plot_loss_curve
+from pipeline.run_folder import RunFolder
+from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
+                                      restore_checkpoint)
+from pipeline.train.data import describe, load_split, tokenize
+from pipeline.train.evaluate import evaluate
+from pipeline.train.loop import (compile_lm, evaluation_batches, make_optimizer, plan_steps,
+                                 preprocessor_detached, training_batches)
+
+
+@dataclass
+class FinetuneResult:
+    preset_dir: Path
+    metrics: dict
+
+
+def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
+    """Fine-tunes `cfg.model.preset` on `cfg.data` and returns the preset folder and metrics."""
+    ft, ev = cfg.finetune, cfg.eval
+    folder = RunFolder(run_dir)
+    log = print if verbose else (lambda *a, **k: None)
+
+    train_text, val_text = load_split(cfg.data)  # fail on bad data before loading any model
+    _set_precision(ft.mixed_precision)
+    keras.utils.set_random_seed(ft.seed)
+    causal_lm = load_causal_lm(cfg.model.preset)
+    _check_lengths(cfg, causal_lm.backbone.max_sequence_length)
+    causal_lm.preprocessor.sequence_length = ft.sequence_length
+    train = tokenize(train_text, causal_lm.preprocessor)
+    val = tokenize(val_text, causal_lm.preprocessor)
+    log(describe("train", train.stats))
+    log(describe("validation", val.stats))
+
+    log("Evaluating before fine-tuning ...")
+    before = evaluate(causal_lm, val, ev, ev.max_length)
+    log(f"  validation perplexity {before['val_perplexity']:.2f}")
+
+    started = time.time()
+    history = _train(causal_lm, train, val, cfg, folder, verbose)
+    train_seconds = time.time() - started
+
+    log("Evaluating after fine-tuning ...")
+    after = evaluate(causal_lm, val, ev, ev.max_length)
+    log(f"  validation perplexity {after['val_perplexity']:.2f} "
+        f"(before {before['val_perplexity']:.2f})")
+
+    preset_dir = save_preset(causal_lm, folder.finetune_preset, cfg)
+    plot_loss_curve(history, folder.finetune / "loss_curve.png")
+    generations = {"prompts": list(ev.prompts), "max_length": ev.max_length,
+                   "before": before.pop("generations"), "after": after.pop("generations")}
+    write_json(folder.finetune / "generations.json", generations)
+    if not ft.keep_checkpoints:
+        shutil.rmtree(folder.checkpoints, ignore_errors=True)
+    metrics = {
+        "preset": cfg.model.preset,
+        "parameters": int(causal_lm.backbone.count_params()),
+        "data": {"train": train.stats, "validation": val.stats},
+        "steps": int(causal_lm.optimizer.iterations.numpy()),
+        "epochs": plan_steps(len(train.y), ft.batch_size, ft.epochs, ft.max_steps)[1],
+        "lora_rank": ft.lora_rank,
+        "train_seconds": round(train_seconds, 1),
+        "before": before,
+        "after": after,
+        "perplexity_reduction": 1.0 - after["val_perplexity"] / before["val_perplexity"],
+        "generations": generations,
+    }
+    return FinetuneResult(preset_dir=preset_dir, metrics=metrics)
+
+
+def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bool) -> dict:
+    """Trains `causal_lm` in place, resuming from a checkpoint; returns the loss history."""
+    ft, ev = cfg.finetune, cfg.eval
+    if ft.lora_rank:
+        causal_lm.backbone.enable_lora(ft.lora_rank)
+    steps_per_epoch, epochs, total = plan_steps(len(train.y), ft.batch_size, ft.epochs,
+                                                ft.max_steps)
+    compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
+                                         ft.weight_decay))
+    checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
+    done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
+    if done_epochs and verbose:
+        print(f"Resuming from the checkpoint after epoch {done_epochs} in {checkpoints}")
+    logger = StepLossLogger(history)
+    callbacks = [
+        logger,
+        StopAtStep(total),
+        EpochCheckpoint(checkpoints, state=logger.state),
+        keras.callbacks.TensorBoard(str(folder.finetune / "tensorboard"), update_freq="epoch"),
+    ]
+    if verbose:
+        callbacks.append(ProgressBar(total, "fine-tuning"))
+    if done_epochs < epochs and int(causal_lm.optimizer.iterations.numpy()) < total:
+        with preprocessor_detached(causal_lm):
+            causal_lm.fit(
+                training_batches(train.x, train.y, train.w, ft.batch_size, ft.seed,
+                                 done_epochs, epochs),
+                validation_data=evaluation_batches(val.x, val.y, val.w, ev.batch_size),
+                validation_steps=-(-len(val.y) // ev.batch_size),
+                steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=done_epochs,
+                callbacks=callbacks, verbose=0, shuffle=False,
+            )
+    return logger.state()
+
+
+def _check_lengths(cfg: RunConfig, limit: int) -> None:
+    for name, value in (("finetune.sequence_length", cfg.finetune.sequence_length),
+                        ("eval.max_length", cfg.eval.max_length)):
+        if value > limit:
+            raise ConfigError(f"{name}: {value} is above the model's position limit {limit}")
+
+
+def _set_precision(mixed: bool) -> None:
+    if mixed and not tf.config.list_physical_devices("GPU"):
+        warnings.warn("finetune.mixed_precision is on but no GPU is visible: using float32")
+        mixed = False
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+
+
+def _checkpoint_dir(directory: Path, cfg: RunConfig) -> Path:
+    """Returns the checkpoint folder, emptied if it belongs to a different config."""
+    key = config_lib.dump_yaml({"model": cfg.model, "data": cfg.data,
+                                "finetune": {**config_lib.to_dict(cfg.finetune),
+                                             "keep_checkpoints": None}})
+    stamp = directory / "config.yaml"
+    if directory.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        print(f"Checkpoints in {directory} come from another config: starting afresh")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text(stamp, key)
+    return directory

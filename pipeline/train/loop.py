@@ -1,0 +1,113 @@
+"""Training plumbing shared by pre-training, fine-tuning and distillation.
+
+The data order is a pure function of (seed, epoch): a run resumed at epoch k sees exactly the
+batches the uninterrupted run saw from epoch k on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_fraction: float,
+                   weight_decay: float):
+    """Returns AdamW with linear warm-up to `learning_rate`, then cosine decay to 0."""
+    warmup = int(total_steps * warmup_fraction)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else learning_rate,
+        decay_steps=max(1, total_steps - warmup),
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=weight_decay, global_clipnorm=1.0
+    )
+    # LayerNorm and biases are not decayed, as in GPT-2 training recipes.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def compile_lm(causal_lm, optimizer) -> None:
+    causal_lm.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+    )
+
+
+@contextlib.contextmanager
+def preprocessor_detached(causal_lm):
+    """Detaches the preprocessor while `fit` runs on already tokenized arrays."""
+    preprocessor = causal_lm.preprocessor
+    causal_lm.preprocessor = None
+    try:
+        yield causal_lm
+    finally:
+        causal_lm.preprocessor = preprocessor
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """Returns the example order of one epoch: the same for the same (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples).astype("int64")
+
+
+def training_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int, seed: int,
+                     first_epoch: int, epochs: int):
+    """Returns the batches of epochs first_epoch..epochs-1, ceil(N / batch) per epoch."""
+    orders = np.stack([epoch_order(len(y), seed, e) for e in range(first_epoch, epochs)])
+    tables = (x, y, w)
+    return (tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+            .map(lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tables))
+            .prefetch(2))
+
+
+def evaluation_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int):
+    """Returns the examples in order, batched, repeating (Keras re-reads them each epoch)."""
+    return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch_size).repeat().prefetch(2)
+
+
+def plan_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int):
+    """Returns (steps_per_epoch, epochs, total_steps) honouring `max_steps` (0 = none).
+
+    With `max_steps`, training stops inside the last epoch (see `StopAtStep`).
+    """
+    steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
+    total = steps_per_epoch * epochs
+    if max_steps:
+        total = min(total, max_steps)
+        epochs = math.ceil(total / steps_per_epoch)
+    return steps_per_epoch, epochs, total
+
+
+def token_loss_sums(logits_fn, x: dict, y: np.ndarray, w: np.ndarray, batch_size: int):
+    """Returns (sum of token cross-entropy, number of weighted tokens) over all examples."""
+    total, count = 0.0, 0.0
+    for start in range(0, len(y), batch_size):
+        xb = {k: v[start:start + batch_size] for k, v in x.items()}
+        logits = logits_fn(xb)
+        ce = keras.losses.sparse_categorical_crossentropy(
+            y[start:start + batch_size], ops.cast(logits, "float32"), from_logits=True
+        )
+        wb = w[start:start + batch_size].astype("float32")
+        total += float(ops.sum(ce * wb))
+        count += float(wb.sum())
+    return total, count
+
+
+def loss_and_perplexity(total: float, count: float) -> dict:
+    """Returns {"loss", "perplexity"} from summed token cross-entropy and token count."""
+    loss = total / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def perplexity(causal_lm, x: dict, y: np.ndarray, w: np.ndarray, batch_size: int = 32) -> dict:
+    """Returns {"loss", "perplexity"}: mean token cross-entropy over non-padding targets."""
+    return loss_and_perplexity(*token_loss_sums(
+        lambda xb: causal_lm(xb, training=False), x, y, w, batch_size))

@@ -1,0 +1,41 @@
+"""`python -m pipeline generate`: LiteRT-LM streaming from a bundle or a run folder."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def generate(bundle, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline", "generate", str(bundle), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_streams_text(int8_bundle):
+    proc = generate(int8_bundle.bundle_path, "Tomato soup.", "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("Tomato soup.") and len(proc.stdout.rstrip("\n")) > len("Tomato soup.")
+    run_dir = int8_bundle.bundle_path.parent.parent.parent  # a run folder works too
+    proc = generate(run_dir, "Bread", "--sampler", "top_k", "--top-k", "5", "--seed", "1",
+                    "--max-new-tokens", "4")
+    assert proc.returncode == 0 and proc.stdout.startswith("Bread")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x " * 200], r"error: the prompt has \d+ tokens but the model's context is 96: shorten"),
+    (["   "], "error: the prompt is empty"),
+])
+def test_generate_bad_prompts(int8_bundle, args, message):
+    proc = generate(int8_bundle.bundle_path, *args)
+    assert proc.returncode == 2
+    assert re.match(message, proc.stderr.strip().splitlines()[-1])
+
+
+def test_generate_unknown_bundle(tmp_path):
+    proc = generate(tmp_path / "nope.litertlm", "hi")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'nope.litertlm'} does not exist: give a .litertlm file or a run folder")

@@ -1,0 +1,76 @@
+"""`python -m pipeline run`: the notebooks under papermill, the run folder, failures, the lock."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow  # the whole chain: three notebooks under papermill, Flex verification
+def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_lines):
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(kitchen_lines[:40]), encoding="utf-8")
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs" / "tiny.yaml").read_text() + (
+        f"output_dir: {tmp_path / 'runs'}\nmodel:\n  preset: {tiny_preset}\n"
+        f"data:\n  path: {data}\n"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]  # no .partial left
+    metrics = json.loads((run / "metrics.json").read_text())["finetune"]
+    assert metrics["steps"] == 6
+    assert metrics["after"]["val_perplexity"] < metrics["before"]["val_perplexity"]
+    assert metrics["data"]["train"]["examples"] == 36
+    executed = nbformat.read(run / "notebooks" / "01_finetune.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "config_file" in injected[0].source
+    assert (run / "config.yaml").is_file() and (run / "finetune" / "preset" / "model.weights.h5").is_file()
+    exports = json.loads((run / "metrics.json").read_text())["export"]["teacher"]
+    exported = exports["text"]
+    assert exported["quantization"] == "int8" and exported["max_length"] == 24
+    assert exported["verification"]["prompts"] >= 7 and exported["verification"]["matches"] >= 1
+    assert (run / "export" / "text" / "gpt2_text_int8.tflite").stat().st_size == exported["size_bytes"]
+    assert (run / "notebooks" / "03_export.ipynb").is_file()
+    distilled = json.loads((run / "metrics.json").read_text())["distill"]
+    assert distilled["steps"] == 4 and distilled["student_layers"] == 1
+    assert set(distilled["val_perplexity"]) == {"teacher", "student", "baseline"}
+    assert (run / "notebooks" / "02_distill.ipynb").is_file()
+    assert (run / "distill" / "perplexity.png").is_file()
+    student = json.loads((run / "metrics.json").read_text())["export"]["student"]
+    assert student["text"]["parameters"] < exported["parameters"]
+    assert (run / "export" / "student_litertlm" / "gpt2_int8.litertlm").is_file()
+    bundle = exports["litertlm"]
+    assert bundle["verification"]["tokenizer_identical"] == "13/13"
+    assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
+    assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["bundle_bytes"]
+    assert Path(bundle["bundle"]) == run / "export" / "litertlm" / "gpt2_int8.litertlm"
+    assert ".partial" not in (run / "metrics.json").read_text()  # paths name the final folder
+
+
+def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'runs'}\ndata:\n  path: {empty}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: file is empty"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paths_move_with_the_renamed_run_folder():
+    from pipeline.run import _renamed_paths
+
+    old, new = Path("/r/default.partial"), Path("/r/default")
+    data = {"a": ["/r/default.partial/x.tflite", "/r/default.partialX/y", "/r/default.partial"],
+            "n": 1, "b": {"c": "default.partial/z"}}
+    assert _renamed_paths(data, old, new) == {
+        "a": ["/r/default/x.tflite", "/r/default.partialX/y", "/r/default"],
+        "n": 1, "b": {"c": "default.partial/z"}}
