@@ -118,7 +118,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_build_base(args) -> None:
-    from pipeline.base import embedded_preset
+    from pipeline.train.embedded_base import embedded_preset
 
     print(embedded_preset())
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import papermill
 
 from pipeline import config as config_lib
-from pipeline.base import embedded_preset
+from pipeline.train.embedded_base import embedded_preset
 from pipeline.config import PROJECT_ROOT, RunConfig
 from pipeline.errors import PipelineError
 from pipeline.fsutil import replace_dir, write_json, write_text
-from pipeline.presets import resolve_preset
+from pipeline.train.presets import resolve_preset
 from pipeline.report import read_metrics, write_metrics
 from pipeline.run_folder import RunFolder, writable_folder
 from pipeline.runtime.flex import require_flex

@@ -93,7 +93,8 @@ class RunFolder:
         An OS lock (flock) dies with its process, so a crashed run never blocks the next one;
         the file itself is removed when the block ends.
         """
-        path = self.root.parent / f".{self.root.name.removesuffix('.partial')}.lock"
+        run = self.root.parent / self.root.name.removesuffix(".partial")
+        path = run.parent / f".{run.name}.lock"
         writable_folder(self.root.parent, "output_dir")
         handle = open(path, "a+")
         try:
@@ -103,7 +104,7 @@ class RunFolder:
             holder = handle.read().strip() or "another process"
             handle.close()
             if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise PipelineError(f"{self.root} is in use by a run still going ({holder}); "
+                raise PipelineError(f"{run} is in use by a run still going ({holder}); "
                                     f"wait for it or choose another name") from None
             raise
         try:

@@ -18,7 +18,7 @@ KITCHEN = ROOT / "configs" / "data" / "kitchen_notes.txt"
 
 @pytest.fixture(scope="session")
 def tiny_spec():
-    from pipeline.base import BaseSpec
+    from pipeline.train.embedded_base import BaseSpec
 
     # 2 layers, 32 wide, a 400-token vocabulary: builds in seconds, still a real GPT2Backbone.
     return BaseSpec(vocabulary_size=400, num_layers=2, num_heads=2, hidden_dim=32,
@@ -29,7 +29,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_preset(tmp_path_factory, tiny_spec):
     """A keras-hub preset folder of a tiny GPT-2 pre-trained for a few steps on Python's docs."""
-    from pipeline.base import build_base, python_text
+    from pipeline.train.embedded_base import build_base, python_text
 
     folder = tmp_path_factory.mktemp("presets") / "tiny"
     build_base(folder, python_text(150_000), tiny_spec, verbose=False)
@@ -52,7 +52,7 @@ def int8_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
     """The tiny preset exported as an int8 .litertlm bundle (verified), in a run folder."""
     from pipeline.config import load_config
     from pipeline.export.litertlm import export_litertlm
-    from pipeline.presets import load_causal_lm
+    from pipeline.train.presets import load_causal_lm
 
     cfg = load_config(None, {"export": {"prefill_lengths": [16, 32], "quantization": "int8"},
                              "finetune": {"sequence_length": 64}})

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import ROOT
@@ -74,3 +75,16 @@ def test_paths_move_with_the_renamed_run_folder():
     assert _renamed_paths(data, old, new) == {
         "a": ["/r/default/x.tflite", "/r/default.partialX/y", "/r/default"],
         "n": 1, "b": {"c": "default.partial/z"}}
+
+
+@pytest.mark.parametrize("output_dir", ["/proc/nope", "{tmp}/a_file"])
+def test_unwritable_output_dir_is_one_line_and_writes_nothing(tmp_path, output_dir):
+    (tmp_path / "a_file").write_text("")
+    output_dir = output_dir.format(tmp=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "configs/tiny.yaml",
+                           "--set", f"output_dir={output_dir}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: output_dir: cannot write to {output_dir} ("), last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -13,7 +13,7 @@ import json
 import keras_hub
 
 from pipeline.export.graph import random_weights, weights_from_backbone
-from pipeline.presets import load_causal_lm
+from pipeline.train.presets import load_causal_lm
 
 GPT2_BASE = dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                  intermediate_dim=3072, max_positions=1024)

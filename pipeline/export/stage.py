@@ -7,11 +7,11 @@ export/student_litertlm. Each model is loaded once and handed to each target.
 
 from __future__ import annotations
 
-from pipeline.base import WEIGHTS_FILE
+from pipeline.train.embedded_base import WEIGHTS_FILE
 from pipeline.config import RunConfig
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.text import export_text_model
-from pipeline.presets import check_local_preset, load_causal_lm
+from pipeline.train.presets import check_local_preset, load_causal_lm
 from pipeline.run_folder import RunFolder
 from pipeline.train.data import load_split
 

@@ -31,7 +31,7 @@ from keras import ops
 from pipeline.config import DistillConfig, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json
-from pipeline.presets import check_local_preset, load_causal_lm, save_preset
+from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import tqdm

@@ -29,7 +29,7 @@ from pipeline import config as config_lib
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json, write_text
-from pipeline.presets import load_causal_lm, save_preset
+from pipeline.train.presets import load_causal_lm, save_preset
 from pipeline.report import plot_loss_curve
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,

@@ -9,7 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.tflite import op_report
 from pipeline.export.verify import LOGIT_TOLERANCE
-from pipeline.presets import load_causal_lm
+from pipeline.train.presets import load_causal_lm
 
 
 def cfg(**export):

@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError, PipelineError, PresetError
 from pipeline.export import tflite
 from pipeline.export.stage import export_preset
 from pipeline.export.text import export_text_model
-from pipeline.presets import load_causal_lm
+from pipeline.train.presets import load_causal_lm
 
 from conftest import ROOT
 

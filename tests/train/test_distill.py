@@ -58,7 +58,7 @@ def test_layer_sources():
 
 
 def test_student_copies_every_other_teacher_layer(tiny_preset):
-    from pipeline.presets import load_causal_lm
+    from pipeline.train.presets import load_causal_lm
 
     teacher = load_causal_lm(str(tiny_preset)).backbone
     cfg = load_config(None, {"distill": {"student_layers": 1}}).distill
@@ -82,7 +82,7 @@ def test_student_copies_every_other_teacher_layer(tiny_preset):
     ({"student_hidden_dim": 64}, "distill.student_hidden_dim: 64 is wider"),
 ])
 def test_student_bigger_than_teacher_is_rejected(tiny_preset, overrides, message):
-    from pipeline.presets import load_causal_lm
+    from pipeline.train.presets import load_causal_lm
 
     teacher = load_causal_lm(str(tiny_preset)).backbone
     with pytest.raises(ConfigError, match=message):
@@ -104,7 +104,7 @@ def test_few_steps_lower_the_distillation_loss(tiny_preset, kitchen_lines):
     import keras_hub
 
     from pipeline.train.data import tokenize
-    from pipeline.presets import load_causal_lm
+    from pipeline.train.presets import load_causal_lm
 
     teacher = load_causal_lm(str(tiny_preset))
     teacher.preprocessor.sequence_length = 48

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.presets import load_causal_lm
+from pipeline.train.presets import load_causal_lm
 from pipeline.train import finetune as finetune_mod
 
 from conftest import ROOT

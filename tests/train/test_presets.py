@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import presets
+from pipeline.train import presets
 from pipeline.errors import PresetError
 
 

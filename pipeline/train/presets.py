@@ -1,7 +1,7 @@
 """Loading and saving GPT-2 models as keras-hub presets.
 
 A preset is one of:
-  - "embedded": the small GPT-2 this project builds offline (see `pipeline.base`);
+  - "embedded": the small GPT-2 this project builds offline (see `pipeline.train.embedded_base`);
   - a keras-hub preset name such as "gpt2_base_en" (downloaded from Kaggle);
   - an "hf://org/name" or "kaggle://owner/model/keras/variant" handle;
   - a local preset folder (what `save_preset` writes).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import keras_hub
 
-from pipeline.base import WEIGHTS_FILE, embedded_preset
+from pipeline.train.embedded_base import WEIGHTS_FILE, embedded_preset
 from pipeline.config import dump_yaml
 from pipeline.errors import PresetError
 from pipeline.fsutil import atomic_dir
