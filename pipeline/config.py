@@ -80,6 +80,8 @@ class DataConfig:
     txt_mode: str = "auto"  # auto | line | paragraph  (auto: paragraph if the file has blank lines)
     field: str = "text"  # the JSONL field or CSV column that holds the text
     min_chars: int = 1  # examples shorter than this (after stripping) are dropped
+    packing: bool = True  # true: examples joined by <|endoftext|>, cut into full windows (every
+    #                       token trained on once); false: one example per row, padded or cut
     validation_fraction: float = 0.1  # share of examples held out, in (0, 1)
     seed: int = 1234  # seed of the train/validation split
 

@@ -109,7 +109,7 @@ def _verify(cfg: RunConfig, causal_lm, bundle, model_path, tokenizer_json, val_t
                                                         ex.threads)
     verification["greedy"] = greedy_parity(causal_lm, bundle, prompts, context, 24, ex.threads)
     causal_lm.preprocessor.sequence_length = min(cfg.finetune.sequence_length, context)
-    val = tokenize(val_text[:32], causal_lm.preprocessor)
+    val = tokenize(val_text[:32], causal_lm.preprocessor, cfg.data.packing)
     keras_ppl = perplexity(causal_lm, val.x, val.y, val.w)["perplexity"]
     tflite_ppl = interpreter_perplexity(StreamingInterpreter(model_path, ex.threads),
                                         val)["perplexity"]

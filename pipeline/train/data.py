@@ -146,41 +146,69 @@ def load_split(cfg: DataConfig) -> tuple[list[str], list[str]]:
     return split_examples(load_examples(cfg), cfg.validation_fraction, cfg.seed)
 
 
-def tokenize(examples: list[str], preprocessor, chunk: int = 256) -> TokenizedSplit:
-    """Returns the examples packed by the keras-hub preprocessor, one example per row.
+def tokenize(examples: list[str], preprocessor, packing: bool = False,
+             chunk: int = 256) -> TokenizedSplit:
+    """Returns the examples as rows of the preprocessor's sequence length.
 
-    Each row is `<start> tokens <end>` padded or truncated to the preprocessor's length.
+    packing: the examples joined by `<|endoftext|>` (which also opens the stream, as it opens
+    every prompt) and cut into contiguous windows, targets = inputs shifted by one; every
+    token is a target exactly once and only the last window has padding.
+    Else one example per row, `<start> tokens <end>`, padded or truncated.
     """
     length = preprocessor.sequence_length
-    lengths = [int(n) for part in range(0, len(examples), chunk)
-               for n in _token_counts(preprocessor, examples[part:part + chunk])]
+    ids = [row for part in range(0, len(examples), chunk)
+           for row in _token_ids(preprocessor, examples[part:part + chunk])]
+    lengths = [len(row) for row in ids]
+    stats = {"examples": len(examples), "tokens": int(sum(lengths)),
+             "mean_tokens": float(np.mean(lengths)), "sequence_length": int(length),
+             "packing": packing}
+    if packing:
+        split = _pack(ids, preprocessor.tokenizer.end_token_id, length)
+        stats["truncated_share"] = 0.0
+    else:
+        split = _rows(examples, preprocessor, chunk)
+        stats["truncated_share"] = float(np.mean([n + 2 > length for n in lengths]))
+    stats["rows"] = int(len(split.y))
+    stats["tokens_trained_per_epoch"] = int(split.w.sum())
+    split.stats = stats
+    return split
+
+
+def _pack(ids: list, separator: int, length: int) -> TokenizedSplit:
+    stream = [np.asarray([separator], "int32")]
+    for row in ids:
+        stream += [np.asarray(row, "int32"), np.asarray([separator], "int32")]
+    flat = np.concatenate(stream)
+    real = len(flat)  # positions 0..real-1 hold text; targets are positions 1..real-1
+    n = -(-(real - 1) // length)
+    flat = np.concatenate([flat, np.zeros(n * length + 1 - real, "int32")])
+    position = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]  # (N, L + 1)
+    windows = flat[position]
+    return TokenizedSplit(x={"token_ids": windows[:, :-1], "padding_mask": position[:, :-1] < real},
+                          y=windows[:, 1:], w=(position[:, 1:] < real).astype("float32"),
+                          stats={})
+
+
+def _rows(examples: list[str], preprocessor, chunk: int) -> TokenizedSplit:
     xs, ys, ws = [], [], []
     for part in range(0, len(examples), chunk):
         x, y, w = preprocessor(examples[part:part + chunk])
         xs.append({k: np.asarray(v) for k, v in x.items()})
         ys.append(np.asarray(y))
         ws.append(np.asarray(w, dtype="float32"))
-    with_special = [n + 2 for n in lengths]  # start and end tokens
-    stats = {
-        "examples": len(examples),
-        "tokens": int(sum(lengths)),
-        "mean_tokens": float(np.mean(lengths)),
-        "truncated_share": float(np.mean([n > length for n in with_special])),
-        "sequence_length": int(length),
-    }
-    return TokenizedSplit(
-        x={k: np.concatenate([x[k] for x in xs]) for k in xs[0]},
-        y=np.concatenate(ys), w=np.concatenate(ws), stats=stats,
-    )
+    return TokenizedSplit(x={k: np.concatenate([x[k] for x in xs]) for k in xs[0]},
+                          y=np.concatenate(ys), w=np.concatenate(ws), stats={})
 
 
-def _token_counts(preprocessor, texts: list[str]):
+def _token_ids(preprocessor, texts: list[str]) -> list[list[int]]:
     ids = preprocessor.tokenizer(texts)
-    return [len(row) for row in ids.to_list()] if hasattr(ids, "to_list") else \
-        [len(row) for row in ids]
+    return ids.to_list() if hasattr(ids, "to_list") else [list(row) for row in ids]
 
 
 def describe(name: str, stats: dict) -> str:
+    if stats["packing"]:
+        return (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens packed into "
+                f"{stats['rows']} windows of {stats['sequence_length']} (every token trained on)")
     return (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens "
             f"(mean {stats['mean_tokens']:.0f}), {stats['truncated_share']:.0%} truncated at "
             f"{stats['sequence_length']} tokens")

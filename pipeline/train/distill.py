@@ -161,8 +161,8 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
     teacher_lm = load_causal_lm(source)
     teacher_lm.preprocessor.sequence_length = min(ft.sequence_length,
                                                   teacher_lm.backbone.max_sequence_length)
-    train = tokenize(train_text, teacher_lm.preprocessor)
-    val = tokenize(val_text, teacher_lm.preprocessor)
+    train = tokenize(train_text, teacher_lm.preprocessor, cfg.data.packing)
+    val = tokenize(val_text, teacher_lm.preprocessor, cfg.data.packing)
 
     keras.utils.set_random_seed(d.seed)
     student_backbone, init = build_student(teacher_lm.backbone, d)

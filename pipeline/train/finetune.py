@@ -58,8 +58,8 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
     causal_lm = load_causal_lm(cfg.model.preset)
     _check_lengths(cfg, causal_lm.backbone.max_sequence_length)
     causal_lm.preprocessor.sequence_length = ft.sequence_length
-    train = tokenize(train_text, causal_lm.preprocessor)
-    val = tokenize(val_text, causal_lm.preprocessor)
+    train = tokenize(train_text, causal_lm.preprocessor, cfg.data.packing)
+    val = tokenize(val_text, causal_lm.preprocessor, cfg.data.packing)
     log(describe("train", train.stats))
     log(describe("validation", val.stats))
 

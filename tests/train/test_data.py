@@ -114,3 +114,27 @@ def test_tokenize_stats(tiny_preset):
     # Targets are the inputs shifted by one; weights cover start..end of the short example.
     assert (split.y[1, :-1] == split.x["token_ids"][1, 1:]).all()
     assert split.w[0].sum() == n_short + 1
+
+
+def test_packing_trains_every_token_once(tiny_preset, kitchen_lines):
+    import keras_hub
+
+    pre = keras_hub.models.GPT2CausalLMPreprocessor.from_preset(str(tiny_preset),
+                                                                sequence_length=24)
+    texts = kitchen_lines[:12]
+    split = tokenize(texts, pre, packing=True)
+    end = pre.tokenizer.end_token_id
+    docs = [list(map(int, row)) for row in pre.tokenizer(texts)]
+    expected = [end] + [t for doc in docs for t in doc + [end]]  # the stream, separators in
+    # Each target position is trained once: the weighted targets, in order, are the stream
+    # after its opening separator; the unpadded inputs are the stream as far as windows reach.
+    targets = split.y[split.w > 0].tolist()
+    inputs = split.x["token_ids"][split.x["padding_mask"]].tolist()
+    assert targets == expected[1:]
+    assert inputs == expected[:min(len(expected), split.y.size)]
+    assert (split.y[:, :-1] == split.x["token_ids"][:, 1:]).all()  # labels = inputs shifted
+    assert split.w[:-1].all() and split.x["padding_mask"][:-1].all()  # only the last is padded
+    assert targets.count(end) == len(texts)  # every document boundary carries <|endoftext|>
+    s = split.stats
+    assert s["packing"] and s["truncated_share"] == 0.0 and s["rows"] == len(split.y)
+    assert s["tokens_trained_per_epoch"] == s["tokens"] + len(texts) == len(expected) - 1
