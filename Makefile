@@ -30,11 +30,11 @@ flex-env: $(FLEX_STAMP)
 run: $(STAMP) $(FLEX_STAMP)  ## the main job: fine-tune the embedded default (builds it on first use)
 	$(BIN)/python -m pipeline run $(CONFIG)
 
-test: $(STAMP) $(FLEX_STAMP)  ## the default suite (under 15 minutes on 2 cores)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) $(FLEX_STAMP)  ## every test not marked slow (about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
-test-slow: $(STAMP) $(FLEX_STAMP)  ## the slow tests only
-	$(BIN)/python -m pytest -q -m slow
+test-slow: $(STAMP) $(FLEX_STAMP)  ## the slow tests: Flex interpreter, papermill end to end, SIGKILL resume
+	$(BIN)/python -m pytest -q -m slow --durations=5
 
 bench: $(STAMP) $(FLEX_STAMP)  ## size/speed benchmarks on a GPT-2-base-shaped model
 	$(BIN)/python -m pipeline bench export

@@ -24,7 +24,7 @@ def kitchen_cfg(tiny_preset, tmp_path, kitchen_lines):
         settings = {"sequence_length": 48, "batch_size": 8, "learning_rate": 3e-3, **finetune}
         return load_config(None, {
             "model": {"preset": str(tiny_preset)},
-            "data": {"path": str(path)},
+            "data": {"path": str(path), "packing": False},  # one example per row: 7 steps/epoch
             "finetune": settings,
             "eval": {"max_length": 20, "prompts": ["Tomato soup."]},
         })
@@ -129,7 +129,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_preset, tmp_path, k
     data = tmp_path / "kitchen.txt"
     data.write_text("\n\n".join(kitchen_lines[:60]), encoding="utf-8")
     config = tmp_path / "c.yaml"
-    config.write_text(f"model:\n  preset: {tiny_preset}\ndata:\n  path: {data}\n"
+    config.write_text(f"model:\n  preset: {tiny_preset}\ndata:\n  path: {data}\n  packing: false\n"
                       "finetune:\n  sequence_length: 48\n  batch_size: 8\n  epochs: 10\n"
                       "  learning_rate: 3.0e-3\n"
                       "eval:\n  max_length: 20\n  prompts: [Tomato soup.]\n")
