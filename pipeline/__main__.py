@@ -39,6 +39,12 @@ def cmd_run(args) -> None:
     print(f"Run finished: {folder}")
 
 
+def cmd_sweep(args) -> None:
+    from pipeline.sweep.run import main as sweep_main
+
+    sys.exit(sweep_main(args.sweep, jobs=args.jobs))
+
+
 def stage_folder(args, cfg) -> RunFolder:
     """The folder a direct stage command writes: --run-dir, else <output_dir>/<name>."""
     root = args.run_dir or os.path.join(cfg.output_dir, cfg.name)
@@ -140,6 +146,12 @@ def main(argv=None) -> int:
     p = with_config(sub.add_parser("run", help="run the stage notebooks with papermill into "
                                                "<output_dir>/<name>/"))
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("sweep", help="one run per point of a grid of overrides, then a summary "
+                                     "(README: Sweeps)")
+    p.add_argument("sweep", help="sweep YAML: config, overrides, grid or points, metric")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="points run at once (default 1: one run already uses every core)")
+    p.set_defaults(func=cmd_sweep)
     p = with_config(sub.add_parser("finetune", help="run the fine-tuning stage directly"),
                     required=False)
     p.add_argument("--run-dir", help="output folder (default <output_dir>/<name>)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,20 @@ def load_config(path=None, overrides: dict | None = None) -> RunConfig:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     return cfg
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Returns `cfg` with the data path and a local preset made absolute (notebooks run elsewhere)."""
+    def local(preset):
+        return os.path.abspath(preset) if preset and os.path.exists(preset) else preset
+
+    return dataclasses.replace(
+        cfg,
+        output_dir=os.path.abspath(cfg.output_dir),
+        data=dataclasses.replace(cfg.data, path=os.path.abspath(cfg.data.path)),
+        model=dataclasses.replace(cfg.model, preset=local(cfg.model.preset)),
+        export=dataclasses.replace(cfg.export, preset=local(cfg.export.preset)),
+    )
 
 
 def validate(cfg: RunConfig) -> None:

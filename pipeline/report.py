@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import nbformat
 
 matplotlib.use("Agg")  # files only: no display in batch runs
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -24,6 +25,22 @@ def write_metrics(run_dir, stage: str, metrics: dict) -> Path:
 def read_metrics(run_dir) -> dict:
     path = Path(run_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def notebook_metrics(notebook) -> dict:
+    """Returns the metrics an executed stage notebook recorded ({stage: metrics}).
+
+    Each notebook's last cell displays its metrics as an `application/json` output, so a batch
+    job can read them from the notebook papermill wrote, without the run folder. Paths inside
+    are those the notebook saw (under `<name>.partial/` when `pipeline run` executed it).
+    """
+    found: dict = {}
+    for cell in nbformat.read(str(notebook), as_version=4).cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get("application/json")
+            if isinstance(data, dict):
+                found.update(data)
+    return found
 
 
 def plot_loss_curve(history: dict, path) -> Path:
@@ -51,6 +68,21 @@ def plot_perplexities(values: dict, params: dict, path) -> Path:
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("validation perplexity")
     ax.set_ylim(0, max(values.values()) * 1.3)
+    return _save(fig, path)
+
+
+def plot_lines(x_labels: list, lines: dict, x_name: str, y_name: str, title: str, path) -> Path:
+    """Draws one line per entry of `lines` ({label: [(x index, y), ...]}) over `x_labels`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in lines.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xticks(range(len(x_labels)), [str(x) for x in x_labels])
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(lines):
+        ax.legend()
     return _save(fig, path)
 
 

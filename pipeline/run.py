@@ -11,7 +11,6 @@ and recorded in metrics.json under "run".
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -49,7 +48,7 @@ def stages(cfg: RunConfig) -> list:
 
 def run(config_path, overrides: dict | None = None) -> Path:
     """Runs every stage notebook for the config; returns the finished run folder."""
-    cfg = absolute_paths(config_lib.load_config(config_path, overrides))
+    cfg = config_lib.absolute_paths(config_lib.load_config(config_path, overrides))
     preflight(cfg)
     final = RunFolder(Path(cfg.output_dir) / cfg.name)
     partial = RunFolder(final.root.with_name(final.root.name + ".partial"))
@@ -72,20 +71,6 @@ def run(config_path, overrides: dict | None = None) -> Path:
         _finish(partial, final)
     print("Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()), flush=True)
     return final.root
-
-
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Returns `cfg` with the data path and a local preset made absolute (notebooks run elsewhere)."""
-    def local(preset):
-        return os.path.abspath(preset) if preset and os.path.exists(preset) else preset
-
-    return dataclasses.replace(
-        cfg,
-        output_dir=os.path.abspath(cfg.output_dir),
-        data=dataclasses.replace(cfg.data, path=os.path.abspath(cfg.data.path)),
-        model=dataclasses.replace(cfg.model, preset=local(cfg.model.preset)),
-        export=dataclasses.replace(cfg.export, preset=local(cfg.export.preset)),
-    )
 
 
 def preflight(cfg: RunConfig) -> None:

@@ -54,3 +54,17 @@ def test_folder_without_weights(tiny_preset, tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(PresetError, match="does not exist"):
         presets.load_causal_lm(str(tmp_path / "nowhere"))
+
+
+def test_keras_nlp_loads_a_preset_this_project_wrote(tiny_preset):
+    import keras_hub
+    import keras_nlp  # the old name, still imported by codelab-era code
+
+    greedy = []
+    for library in (keras_nlp, keras_hub):
+        lm = library.models.GPT2CausalLM.from_preset(str(tiny_preset))
+        lm.compile(sampler="greedy")
+        greedy.append(lm.generate(["Tomato soup.", "Honey oat bread."], max_length=24))
+    assert greedy[0] == greedy[1]
+    assert all(text.startswith(prompt) for text, prompt in
+               zip(greedy[0], ["Tomato soup.", "Honey oat bread."]))
