@@ -9,7 +9,7 @@ FLEX := .venv-flex
 FLEX_STAMP := $(FLEX)/.installed-$(shell sha1sum requirements-flex.txt | cut -c1-12)
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-slow venv flex-env bench clean
+.PHONY: run test test-slow venv flex-env bench lab clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ test-slow: $(STAMP) $(FLEX_STAMP)  ## the slow tests: Flex interpreter, papermil
 
 bench: $(STAMP) $(FLEX_STAMP)  ## size/speed benchmarks on a GPT-2-base-shaped model
 	$(BIN)/python -m pipeline bench export
+
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
+lab: $(STAMP)  ## JupyterLab on notebooks/, kernel = this project's .venv; prints the URL
+	@echo "JupyterLab on http://$(LAB_IP):$(LAB_PORT)/lab (the token is in the URL printed below)"
+	$(BIN)/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) \
+		--ServerApp.root_dir=notebooks --MappingKernelManager.default_kernel_name=python3 \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf runs .cache

@@ -80,8 +80,7 @@ def test_sweep_runs_points_records_failures_and_skips_finished(tmp_path, tiny_pr
     assert len(rows) == 4
     for name in ok:
         metrics = json.loads((folder / name / "metrics.json").read_text())
-        assert metrics["finetune"]["steps"] == rows[name]["finetune.max_steps"] == \
-            str(metrics["finetune"]["steps"])
+        assert str(metrics["finetune"]["steps"]) == rows[name]["finetune.max_steps"]
         assert rows[name]["status"] == "ok"
         assert float(rows[name]["val_ppl_after"]) == round(
             metrics["finetune"]["after"]["val_perplexity"], 4)
