@@ -2,8 +2,9 @@
 
 Signature `serving_default`: input `prompt` (string scalar), output `text` (the prompt plus
 its continuation), the whole generation loop, tokenizer and detokenizer inside the graph
-(`text_graph.TextModel`). It needs TFLite's select-TF-ops (Flex) runtime: the tokenizer uses
-TF string and TF-Text ops.
+(`text_graph.TextModel`). It needs TFLite's select-TF-ops (Flex) runtime for the tokenizer's
+TF string and hash-table ops, all core TensorFlow: no TF-Text op (`core_string_ops`); an
+export that would need one fails.
 
 Writes `<run_dir>/export/text/` (the student's: `student_text/`):
   gpt2_text_<quantization>.tflite  the model
@@ -24,11 +25,11 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline.config import ExportConfig, RunConfig, Sampler, dump_yaml
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.text_graph import TextModel
-from pipeline.export.tflite import (check_size, convert_saved_model, op_report, quantize,
-                                    tie_embedding)
+from pipeline.export.tflite import (STOCK_FLEX_OPS, check_size, convert_saved_model,
+                                    non_core_ops, op_report, quantize, tie_embedding)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.runtime.flex import require_flex, run_in_flex
@@ -71,6 +72,10 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
         f"{ex.sampler} sampling, {ex.quantization}) ...")
     model_bytes, stored, lookups = text_model_tflite(module, parameters, ex.quantization)
     ops = op_report(model_bytes)
+    if non_core_ops(ops["select_tf"]):
+        raise PipelineError(f"the text model needs ops outside core TensorFlow "
+                            f"({', '.join(non_core_ops(ops['select_tf']))}), which stock "
+                            f"select-TF-ops runtimes lack")
     export_seconds = time.time() - started
 
     name = f"gpt2_text_{ex.quantization}.tflite"
@@ -83,6 +88,7 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
             flex = run_in_flex(out / name, prompts, ex)
             verification = text_parity(prompts, expected, flex["outputs"])
             verification.update(reference=reference, tensorflow=flex["tensorflow"],
+                                tensorflow_text_loaded=flex["tensorflow_text_loaded"],
                                 seconds_per_prompt=flex["seconds"])
             write_json(out / "verification.json", verification)
             enforce_text(verification, ex.quantization)
@@ -129,13 +135,37 @@ def text_model_tflite(module, parameters: int, quantization: str):
 
 
 def ops_markdown(ops: dict) -> str:
+    """ops.md: every operator, and which select-TF ops the stock runtime carries."""
     lines = ["# Operators in the exported model", ""]
     for kind, title in (("builtin", "TFLite builtin ops"),
-                        ("select_tf", "Select TF ops (link `tensorflow-lite-select-tf-ops`)"),
+                        ("select_tf", "Select TF ops (Flex delegate)"),
                         ("custom", "Custom ops")):
         lines += [f"## {title}", ""]
         lines += [f"- `{name}` × {count}" for name, count in ops[kind].items()] or ["- none"]
         lines.append("")
+    outside = sorted(set(ops["select_tf"]) - STOCK_FLEX_OPS)
+    lines += ["## Runtime", "",
+              "No TF-Text op: every select TF op is core TensorFlow (the export fails "
+              "otherwise).", ""]
+    if outside:
+        lines += ["In the stock select-TF-ops runtime's allowlist "
+                  "(`tensorflow/lite/delegates/flex/allowlisted_flex_ops.cc`): "
+                  + ", ".join(f"`{o}`" for o in sorted(set(ops["select_tf"]) & STOCK_FLEX_OPS))
+                  + ".", "",
+                  "Not in it: " + ", ".join(f"`{o}`" for o in outside) + ". These are "
+                  "keras-hub's tokenizer tables (vocabulary and merge ranks as TF hash tables, "
+                  "a mutable cache of tokenized words) and its string joins; the stock "
+                  "`org.tensorflow:tensorflow-lite-select-tf-ops` AAR does not run them. "
+                  "Build a select-TF-ops library for exactly this model's ops (TensorFlow's "
+                  "selective build, from a TensorFlow checkout):", "",
+                  "```bash",
+                  "bash tensorflow/lite/tools/build_aar.sh \\",
+                  "  --input_models=gpt2_text_int8.tflite --target_archs=arm64-v8a",
+                  "# -> bazel-bin/tmp/tensorflow-lite-select-tf-ops.aar (this model's ops only)",
+                  "```", ""]
+    else:
+        lines += ["Every select TF op is in the stock runtime's allowlist: "
+                  "`org.tensorflow:tensorflow-lite-select-tf-ops` runs this file as is.", ""]
     return "\n".join(lines)
 
 
@@ -150,8 +180,8 @@ File: `{name}` ({parameters:,} parameters, {ex.quantization} weights).
   longer prompts are truncated), {ex.sampler} sampling{'' if ex.sampler == 'greedy' else
   f' (temperature {ex.temperature}, seed {ex.seed})'}, stops at `<|endoftext|>`.
 - Runtime: the TFLite interpreter with select TF ops (Android:
-  `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer uses TF string ops and the
-  TF-Text op `RegexSplitWithOffsets`; build the select-TF-ops library with TF-Text kernels
-  included. The full op list is in `ops.md`.
+  `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer uses core TF string and
+  hash-table ops only, no TF-Text op. `ops.md` lists every op and says which ones the stock
+  select-TF-ops library lacks, with the selective-build command that makes one for this file.
 - Quantized weights need TFLite 2.18 or newer (per-row quantized EMBEDDING_LOOKUP).
 """

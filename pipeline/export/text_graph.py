@@ -1,7 +1,7 @@
 """The one-shot text model: prompt string in, prompt + generated text out, all in one graph.
 
 This is what the classic KerasNLP on-device recipe produced, rebuilt so that it traces on
-today's stack: keras-hub's tokenizer in graph mode, then a `tf.while_loop` over
+today's stack: keras-hub's tokenizer in graph mode (core TF ops only, `core_string_ops`), then a `tf.while_loop` over
 `GPT2Graph.forward` (one token per step, static shapes, per-layer KV caches), then graph-mode
 detokenization. `max_length` counts every token including the start token, as
 `GPT2CausalLM.generate(max_length=...)` does; a prompt longer than that is truncated.
@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from pipeline.config import Sampler, Sampling
+from pipeline.export.core_string_ops import core_string_ops
 
 
 def next_token(logits, step, sampling: Sampling):
@@ -50,7 +51,8 @@ class TextModel(tf.Module):
     def serve(self, prompt):
         max_length, sampling = self.max_length, self.sampling
         end_id = self.tokenizer.end_token_id
-        ids = tf.cast(self.tokenizer(prompt), tf.int32)
+        with core_string_ops():  # keras-hub's eager ids, without TF-Text ops
+            ids = tf.cast(self.tokenizer(prompt), tf.int32)
         ids = tf.concat([[self.tokenizer.start_token_id], ids], 0)[:max_length]
         n = tf.shape(ids)[0]
         tokens = tf.concat([ids, tf.zeros([max_length - n], tf.int32)], 0)  # (L,)

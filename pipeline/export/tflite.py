@@ -145,6 +145,22 @@ def op_report(flatbuffer: bytes) -> dict:
     return {k: dict(sorted(v.items())) for k, v in report.items()}
 
 
+# Select-TF ops this project's graphs use that the stock select-TF-ops runtime carries: each is
+# in the Flex delegate's allowlist (tensorflow/lite/delegates/flex/allowlisted_flex_ops.cc,
+# unchanged for them since TF 2.10). An op not listed here is reported as needing a custom build.
+STOCK_FLEX_OPS = frozenset({
+    "Bincount", "DenseBincount", "Fingerprint", "MatMul", "NotEqual", "RaggedGather",
+    "RaggedRange", "RaggedTensorToTensor", "ReduceJoin", "StaticRegexReplace", "StringJoin",
+    "StringLength", "StringSplit", "StringSplitV2", "TensorScatterUpdate", "UnicodeDecode",
+    "UnicodeEncode", "Where",
+})
+
+
+def non_core_ops(select_tf) -> list[str]:
+    """The select-TF ops that core TensorFlow does not define (TF-Text's, other libraries')."""
+    return sorted(op for op in select_tf if not hasattr(tf.raw_ops, op))
+
+
 def weight_bytes(flatbuffer: bytes) -> int:
     """Returns the bytes of constant float/int8/int4 tensors, each buffer counted once.
 

@@ -43,6 +43,7 @@ def text_prompts(cfg: RunConfig, tokenizer) -> list[str]:
     near_limit = str(tokenizer.detokenize(ids[: max(1, n - 3)]))  # room for ~2 new tokens
     too_long = str(tokenizer.detokenize(ids[: n + 5]))  # truncated, as Keras does
     return list(cfg.eval.prompts) + ["", "Crème brûlée for two 🍮, naïve façade.",
+                                     "Two  spaces,   three.\nNew line\n\ttab", "中文 日本語 한국어",
                                      near_limit, too_long]
 
 

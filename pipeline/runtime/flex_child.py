@@ -4,8 +4,9 @@ TF 2.19 is the last pip build whose Python interpreter links the Flex delegate, 
 needs TF >= 2.20, so this file runs in a separate environment (`.venv-flex`, made by the
 Makefile) as `python -m pipeline.runtime.flex_child MODEL.tflite PROMPTS.json OUT.json`
 (parent side: `pipeline/runtime/flex.py`). It imports
-nothing from the rest of the project. Importing tensorflow_text registers the TF-Text
-kernels (RegexSplitWithOffsets, ...) that the tokenizer's Flex ops run on.
+nothing from the rest of the project, and not `tensorflow_text`: the text model needs only
+core TF kernels, as on a phone's stock select-TF-ops runtime (the report says whether
+anything loaded TF-Text anyway).
 """
 
 import json
@@ -14,7 +15,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers TF-Text kernels for the Flex delegate)
 
 
 def run(model_path: str, prompts: list) -> dict:
@@ -28,7 +28,8 @@ def run(model_path: str, prompts: list) -> dict:
         outputs.append(out["text"].item().decode("utf-8", errors="replace"))
         seconds.append(time.time() - t)
     return {"tensorflow": tf.__version__, "outputs": outputs, "seconds": seconds,
-            "total_seconds": time.time() - started}
+            "total_seconds": time.time() - started,
+            "tensorflow_text_loaded": "tensorflow_text" in sys.modules}
 
 
 def main(argv) -> int:

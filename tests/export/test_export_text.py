@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-import pytest
-
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError, PresetError
 from pipeline.export import tflite
@@ -40,6 +38,8 @@ def test_fp32_text_equals_keras_greedy_in_flex_interpreter(fp32_export):
     assert v["matches"] == v["prompts"] >= 7, [r for r in v["rows"] if not r["match"]]
     prompts = [r["prompt"] for r in v["rows"]]
     assert "" in prompts and any("🍮" in p and "è" in p for p in prompts)
+    assert any("  " in p and "\n" in p for p in prompts) and any("中文" in p for p in prompts)
+    assert v["tensorflow_text_loaded"] is False  # stock kernels only: TF-Text never imported
     # Near the limit the continuation is (almost) empty; past it the prompt is truncated.
     near, too_long = v["rows"][-2], v["rows"][-1]
     assert len(near["tflite"]) - len(near["prompt"]) < 40
@@ -71,7 +71,10 @@ def test_fp32_file_holds_each_weight_once(fp32_export):
     assert m["embedding_lookups"] == 2  # token and position tables
     ops = json.loads((fp32_export.model_path.parent / "ops.json").read_text())
     assert "EMBEDDING_LOOKUP" in ops["builtin"] and "GATHER" in ops["builtin"]
-    assert "RegexSplitWithOffsets" in ops["select_tf"]
+    assert "RegexSplitWithOffsets" not in ops["select_tf"]
+    assert tflite.non_core_ops(ops["select_tf"]) == []  # no TF-Text (or other library) op
+    ops_md = (fp32_export.model_path.parent / "ops.md").read_text()
+    assert "No TF-Text op" in ops_md and "RegexSplit" not in ops_md
     assert (fp32_export.model_path.parent / "README.md").is_file()
 
 
@@ -142,3 +145,15 @@ def test_unknown_quantization_is_one_line_cli_error(tmp_path, tiny_preset):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: export.quantization: 'int3' is not one of none, fp16, int8, int4")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_op_outside_core_tensorflow_fails_the_export(tiny_lm, tmp_path, monkeypatch):
+    from pipeline.export import text
+
+    assert tflite.non_core_ops(["MatMul", "RegexSplitWithOffsets"]) == ["RegexSplitWithOffsets"]
+    real = text.op_report
+    monkeypatch.setattr(text, "op_report", lambda flatbuffer: {
+        **real(flatbuffer), "select_tf": {"MatMul": 1, "RegexSplitWithOffsets": 1}})
+    with pytest.raises(PipelineError, match=r"outside core TensorFlow \(RegexSplitWithOffsets\)"):
+        export_text_model(cfg(verify=False), tiny_lm, tmp_path / "text", verbose=False)
+    assert not (tmp_path / "text").exists()
