@@ -2,16 +2,19 @@
 
 The teacher (export.preset, else the run's fine-tuned model) goes to export/text and
 export/litertlm; when the run distilled a student, it goes to export/student_text and
-export/student_litertlm. Each model is loaded once and handed to each target.
+export/student_litertlm. Each model is loaded once and handed to each target. Every export
+folder gets manifest.json and MODEL_CARD.md (`handoff`).
 """
 
 from __future__ import annotations
 
 from pipeline.train.embedded_base import WEIGHTS_FILE
 from pipeline.config import RunConfig
+from pipeline.export.handoff import write_handoff
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.text import export_text_model
 from pipeline.train.presets import check_local_preset, load_causal_lm
+from pipeline.report import read_metrics
 from pipeline.run_folder import RunFolder
 from pipeline.train.data import load_split
 
@@ -32,7 +35,27 @@ def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: b
         results["litertlm"] = export_litertlm(cfg, causal_lm,
                                               folder.export("litertlm", student), val_text,
                                               source, verbose=verbose)
+    own_model = student or not (preset or cfg.export.preset)  # trained in this run
+    training = training_facts(cfg, folder, student) if own_model else {"base_preset": source}
+    for target, result in results.items():
+        write_handoff(folder.export(target, student), target,
+                      "student" if student else "teacher", causal_lm, result.metrics, training)
     return results
+
+
+def training_facts(cfg: RunConfig, folder: RunFolder, student: bool) -> dict:
+    """What the model card and manifest say about training, from the run's metrics.json."""
+    metrics = read_metrics(folder.root)
+    finetune, distill = metrics.get("finetune", {}), metrics.get("distill", {})
+    facts = {"base_preset": cfg.model.preset, "data_path": cfg.data.path,
+             "data": finetune.get("data", {}).get("train", {})}
+    if student:
+        facts["val_perplexity"] = distill.get("val_perplexity", {})
+        facts["teacher_parameters"] = distill.get("parameters", {}).get("teacher")
+    elif finetune:
+        facts["val_perplexity"] = {"before fine-tuning": finetune["before"]["val_perplexity"],
+                                   "after fine-tuning": finetune["after"]["val_perplexity"]}
+    return facts
 
 
 def export_run_models(cfg: RunConfig, run_dir, verbose: bool = True) -> dict:
