@@ -5,6 +5,7 @@ Writes `<run_dir>/export/litertlm/` (the student's: `student_litertlm/`):
   gpt2_<quantization>.tflite     the same model alone: prefill_<T> and decode signatures
   tokenizer.json, vocab.json, merges.txt, llm_metadata.textproto, run_config.yaml
   verification.json              tokenizer ids, decode logits, greedy text, perplexity
+  README.md                      the files, and Kotlin / Swift snippets
 
 Bundle contents (built with `litert_lm_builder`): LLM metadata (`generic_model`, start and
 stop token `<|endoftext|>` as keras-hub's GPT-2 uses, max tokens = the cache context); the
@@ -28,6 +29,7 @@ import tensorflow as tf
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
+from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
 from pipeline.export.tflite import check_size, convert_saved_model, quantize, tie_embedding
 from pipeline.export.verify import (bundle_prompts, bundle_summary, enforce_bundle,
@@ -69,6 +71,7 @@ def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
         metadata = metadata_textproto(tokenizer.start_token_id, tokenizer.end_token_id, context)
         write_text(out / "llm_metadata.textproto", metadata)
         write_text(out / "run_config.yaml", dump_yaml(cfg))
+        write_text(out / "README.md", bundle_readme(stem, ex.quantization, context, lengths))
         bundle = out / f"{stem}.litertlm"
         build_bundle(model_path, tokenizer_json, metadata, bundle)
         if ex.verify:
@@ -201,3 +204,18 @@ def build_bundle(model_path: Path, tokenizer_json: Path, metadata: str, out_path
                                  backend_constraint="cpu")
         with open(out_path, "wb") as f:
             builder.build(f, validate_metadata=True)
+
+
+def bundle_readme(stem: str, quantization: str, context: int, lengths) -> str:
+    """README.md of the bundle folder: what each file is, and how to call the bundle."""
+    return f"""# GPT-2 streaming bundle for LiteRT-LM
+
+- `{stem}.litertlm`: what apps load (model, tokenizer, metadata); runtime LiteRT-LM, CPU.
+- `{stem}.tflite`: the same model bare, builtin ops only; signatures `prefill_<T>` for
+  T in {list(lengths)} and `decode`, over an external KV cache of {context} positions;
+  {quantization} weights.
+- `tokenizer.json` (Hugging Face format, byte-level BPE), `vocab.json`, `merges.txt`,
+  `llm_metadata.textproto`: what went into the bundle.
+- `manifest.json`, `MODEL_CARD.md`, `verification.json`, `run_config.yaml`.
+
+""" + bundle_snippets(f"{stem}.litertlm", context)

@@ -2,9 +2,9 @@
 
 Signature `serving_default`: input `prompt` (string scalar), output `text` (the prompt plus
 its continuation), the whole generation loop, tokenizer and detokenizer inside the graph
-(`text_graph.TextModel`). It needs TFLite's select-TF-ops (Flex) runtime for the tokenizer's
-TF string and hash-table ops, all core TensorFlow: no TF-Text op (`core_string_ops`); an
-export that would need one fails.
+(`text_graph.TextModel`). It needs TFLite's select-TF-ops (Flex) runtime for a few TF string
+ops of the tokenizer (`core_string_ops`), each one the stock select-TF-ops library carries:
+no TF-Text op, no hash table; an export that would need another op fails.
 
 Writes `<run_dir>/export/text/` (the student's: `student_text/`):
   gpt2_text_<quantization>.tflite  the model
@@ -27,9 +27,10 @@ import tensorflow as tf
 from pipeline.config import ExportConfig, RunConfig, Sampler, dump_yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
+from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
-from pipeline.export.tflite import (STOCK_FLEX_OPS, check_size, convert_saved_model,
-                                    non_core_ops, op_report, quantize, tie_embedding)
+from pipeline.export.tflite import (check_size, convert_saved_model, op_report,
+                                    outside_stock_runtime, quantize, tie_embedding)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.runtime.flex import require_flex, run_in_flex
@@ -72,10 +73,10 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
         f"{ex.sampler} sampling, {ex.quantization}) ...")
     model_bytes, stored, lookups = text_model_tflite(module, parameters, ex.quantization)
     ops = op_report(model_bytes)
-    if non_core_ops(ops["select_tf"]):
-        raise PipelineError(f"the text model needs ops outside core TensorFlow "
-                            f"({', '.join(non_core_ops(ops['select_tf']))}), which stock "
-                            f"select-TF-ops runtimes lack")
+    if outside_stock_runtime(ops["select_tf"]):
+        raise PipelineError(f"the text model needs select-TF ops the stock select-TF-ops "
+                            f"runtime lacks ({', '.join(outside_stock_runtime(ops['select_tf']))})"
+                            f"; see tflite.STOCK_FLEX_OPS")
     export_seconds = time.time() - started
 
     name = f"gpt2_text_{ex.quantization}.tflite"
@@ -143,29 +144,21 @@ def ops_markdown(ops: dict) -> str:
         lines += [f"## {title}", ""]
         lines += [f"- `{name}` × {count}" for name, count in ops[kind].items()] or ["- none"]
         lines.append("")
-    outside = sorted(set(ops["select_tf"]) - STOCK_FLEX_OPS)
     lines += ["## Runtime", "",
-              "No TF-Text op: every select TF op is core TensorFlow (the export fails "
-              "otherwise).", ""]
-    if outside:
-        lines += ["In the stock select-TF-ops runtime's allowlist "
-                  "(`tensorflow/lite/delegates/flex/allowlisted_flex_ops.cc`): "
-                  + ", ".join(f"`{o}`" for o in sorted(set(ops["select_tf"]) & STOCK_FLEX_OPS))
-                  + ".", "",
-                  "Not in it: " + ", ".join(f"`{o}`" for o in outside) + ". These are "
-                  "keras-hub's tokenizer tables (vocabulary and merge ranks as TF hash tables, "
-                  "a mutable cache of tokenized words) and its string joins; the stock "
-                  "`org.tensorflow:tensorflow-lite-select-tf-ops` AAR does not run them. "
-                  "Build a select-TF-ops library for exactly this model's ops (TensorFlow's "
-                  "selective build, from a TensorFlow checkout):", "",
-                  "```bash",
-                  "bash tensorflow/lite/tools/build_aar.sh \\",
-                  "  --input_models=gpt2_text_int8.tflite --target_archs=arm64-v8a",
-                  "# -> bazel-bin/tmp/tensorflow-lite-select-tf-ops.aar (this model's ops only)",
-                  "```", ""]
-    else:
-        lines += ["Every select TF op is in the stock runtime's allowlist: "
-                  "`org.tensorflow:tensorflow-lite-select-tf-ops` runs this file as is.", ""]
+              "Every select TF op above is in the Flex delegate's allowlist "
+              "(`tensorflow/lite/delegates/flex/allowlisted_flex_ops.cc`, unchanged for these "
+              "ops since before TF 2.16); none is a TF-Text op or a hash table. So the stock "
+              "Android library carries them: `org.tensorflow:tensorflow-lite-select-tf-ops:"
+              "2.16.1` (its latest release) with `org.tensorflow:tensorflow-lite:2.16.1`. "
+              "Verified here in TF 2.19's interpreter with the Flex delegate, in a process "
+              "that never imports TF-Text; not run on a phone. A quantized file also needs "
+              "the builtin EMBEDDING_LOOKUP version 4 (per-row quantized tables, TFLite 2.18+), "
+              "newer than that AAR: with it, ship the float file, or build the select-TF-ops "
+              "library for exactly this file's ops from TensorFlow 2.18 or newer:", "",
+              "```bash",
+              "bash tensorflow/lite/tools/build_aar.sh \\",
+              "  --input_models=gpt2_text_int8.tflite --target_archs=arm64-v8a",
+              "```", ""]
     return "\n".join(lines)
 
 
@@ -180,8 +173,9 @@ File: `{name}` ({parameters:,} parameters, {ex.quantization} weights).
   longer prompts are truncated), {ex.sampler} sampling{'' if ex.sampler == 'greedy' else
   f' (temperature {ex.temperature}, seed {ex.seed})'}, stops at `<|endoftext|>`.
 - Runtime: the TFLite interpreter with select TF ops (Android:
-  `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer uses core TF string and
-  hash-table ops only, no TF-Text op. `ops.md` lists every op and says which ones the stock
-  select-TF-ops library lacks, with the selective-build command that makes one for this file.
+  `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer is a few TF string ops,
+  all in the stock select-TF-ops library (no TF-Text op, no hash table). `ops.md` lists every
+  op and which stock artifact runs the file.
 - Quantized weights need TFLite 2.18 or newer (per-row quantized EMBEDDING_LOOKUP).
-"""
+
+""" + text_model_snippets(name)

@@ -1,9 +1,9 @@
 """The one-shot text model: prompt string in, prompt + generated text out, all in one graph.
 
 This is what the classic KerasNLP on-device recipe produced, rebuilt so that it traces on
-today's stack: keras-hub's tokenizer in graph mode (core TF ops only, `core_string_ops`), then a `tf.while_loop` over
-`GPT2Graph.forward` (one token per step, static shapes, per-layer KV caches), then graph-mode
-detokenization. `max_length` counts every token including the start token, as
+today's stack: keras-hub's tokenization rebuilt from ops the stock runtime carries
+(`CoreTokenizer`), then a `tf.while_loop` over `GPT2Graph.forward` (one token per step, static
+shapes, per-layer KV caches), then detokenization in the same graph. `max_length` counts every token including the start token, as
 `GPT2CausalLM.generate(max_length=...)` does; a prompt longer than that is truncated.
 
 Example:
@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from pipeline.config import Sampler, Sampling
-from pipeline.export.core_string_ops import core_string_ops
+from pipeline.export.core_string_ops import CoreTokenizer
 
 
 def next_token(logits, step, sampling: Sampling):
@@ -42,7 +42,10 @@ class TextModel(tf.Module):
 
     def __init__(self, tokenizer, graph, sampling: Sampling, max_length: int):
         super().__init__(name="text_model")
-        self.tokenizer = tokenizer
+        # Only ids and the core-op tokenizer: a keras-hub tokenizer attribute would carry its
+        # hash tables (and their initializers) into the SavedModel and the file.
+        self.start_id, self.end_id = tokenizer.start_token_id, tokenizer.end_token_id
+        self.core = CoreTokenizer(tokenizer)
         self.graph = graph
         self.sampling = sampling
         self.max_length = max_length
@@ -50,10 +53,9 @@ class TextModel(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="prompt")])
     def serve(self, prompt):
         max_length, sampling = self.max_length, self.sampling
-        end_id = self.tokenizer.end_token_id
-        with core_string_ops():  # keras-hub's eager ids, without TF-Text ops
-            ids = tf.cast(self.tokenizer(prompt), tf.int32)
-        ids = tf.concat([[self.tokenizer.start_token_id], ids], 0)[:max_length]
+        end_id = self.end_id
+        ids = self.core.tokenize(prompt)  # keras-hub's eager ids
+        ids = tf.concat([[self.start_id], ids], 0)[:max_length]
         n = tf.shape(ids)[0]
         tokens = tf.concat([ids, tf.zeros([max_length - n], tf.int32)], 0)  # (L,)
         caches = self.graph.empty_caches(max_length)
@@ -76,4 +78,4 @@ class TextModel(tf.Module):
         # tokens[0] is the start token; tokens[i] is the last written one.
         last = tf.where(done, i, i + 1)
         kept = tokens[1:last]
-        return {"text": self.tokenizer.detokenize(kept[None])[0]}
+        return {"text": self.core.detokenize(kept)}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError, PresetError
@@ -72,9 +73,12 @@ def test_fp32_file_holds_each_weight_once(fp32_export):
     ops = json.loads((fp32_export.model_path.parent / "ops.json").read_text())
     assert "EMBEDDING_LOOKUP" in ops["builtin"] and "GATHER" in ops["builtin"]
     assert "RegexSplitWithOffsets" not in ops["select_tf"]
-    assert tflite.non_core_ops(ops["select_tf"]) == []  # no TF-Text (or other library) op
+    assert all(hasattr(tf.raw_ops, op) for op in ops["select_tf"])  # no TF-Text op
+    assert not [op for op in ops["select_tf"] if "Table" in op]  # no hash table
+    assert tflite.outside_stock_runtime(ops["select_tf"]) == []  # all in the stock allowlist
     ops_md = (fp32_export.model_path.parent / "ops.md").read_text()
-    assert "No TF-Text op" in ops_md and "RegexSplit" not in ops_md
+    assert "none is a TF-Text op" in ops_md and "RegexSplit" not in ops_md
+    assert "tensorflow-lite-select-tf-ops:2.16.1" in ops_md
     assert (fp32_export.model_path.parent / "README.md").is_file()
 
 
@@ -147,13 +151,14 @@ def test_unknown_quantization_is_one_line_cli_error(tmp_path, tiny_preset):
     assert not (tmp_path / "run").exists()
 
 
-def test_an_op_outside_core_tensorflow_fails_the_export(tiny_lm, tmp_path, monkeypatch):
+def test_an_op_outside_the_stock_runtime_fails_the_export(tiny_lm, tmp_path, monkeypatch):
     from pipeline.export import text
 
-    assert tflite.non_core_ops(["MatMul", "RegexSplitWithOffsets"]) == ["RegexSplitWithOffsets"]
+    assert tflite.outside_stock_runtime(["MatMul", "RegexSplitWithOffsets", "HashTableV2"]) == [
+        "HashTableV2", "RegexSplitWithOffsets"]
     real = text.op_report
     monkeypatch.setattr(text, "op_report", lambda flatbuffer: {
         **real(flatbuffer), "select_tf": {"MatMul": 1, "RegexSplitWithOffsets": 1}})
-    with pytest.raises(PipelineError, match=r"outside core TensorFlow \(RegexSplitWithOffsets\)"):
+    with pytest.raises(PipelineError, match=r"runtime lacks \(RegexSplitWithOffsets\)"):
         export_text_model(cfg(verify=False), tiny_lm, tmp_path / "text", verbose=False)
     assert not (tmp_path / "text").exists()

@@ -69,3 +69,17 @@ def test_model_card_is_written_from_the_run(exported):
     assert "36 training examples, 5000 tokens" in card
     assert "Validation perplexity, after fine-tuning: 42.50" in card
     assert "Limitations and biases" in card and "WebText" in card
+
+
+@pytest.mark.parametrize("target,languages", [("text", ["kotlin"]),
+                                              ("litertlm", ["kotlin", "swift"])])
+def test_readme_has_snippets_that_name_the_folder_files(exported, target, languages):
+    folder = exported / "export" / target
+    readme = (folder / "README.md").read_text()
+    model = next(folder.glob("*.litertlm" if target == "litertlm" else "*.tflite")).name
+    for language in languages:
+        block = readme.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+        assert model in block
+    assert "not compiled" in readme
+    if target == "text":  # the signature's own tensor names
+        assert '"prompt"' in readme and '"text"' in readme and "select-tf-ops:2.16.1" in readme
