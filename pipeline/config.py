@@ -53,6 +53,22 @@ class Sampler(str, enum.Enum):
     TOP_P = "top_p"
 
 
+class Distribution(str, enum.Enum):
+    """Which tf.distribute strategy trains (`finetune.distribution`): train/distribution.py."""
+    AUTO = "auto"
+    NONE = "none"
+    MIRRORED = "mirrored"
+    MULTI_WORKER = "multi_worker"
+    TPU = "tpu"
+
+
+class Precision(str, enum.Enum):
+    """The trained models' dtype policy (`finetune.precision`): train/distribution.py."""
+    FLOAT32 = "float32"
+    MIXED_FLOAT16 = "mixed_float16"
+    MIXED_BFLOAT16 = "mixed_bfloat16"
+
+
 @dataclass(frozen=True)
 class Sampling:
     """One sampler's settings: used by Keras generations, the text model and LiteRT-LM alike."""
@@ -97,7 +113,8 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1  # share of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.01
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
-    mixed_precision: bool = False  # mixed_float16 (GPU only; ignored with a warning on CPU)
+    distribution: str = "auto"  # auto | none | mirrored | multi_worker | tpu (distill too)
+    precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, Ampere+)
     keep_checkpoints: bool = False  # false: optimizer checkpoints are deleted once the stage ends
     seed: int = 42
 
@@ -224,6 +241,10 @@ def validate(cfg: RunConfig) -> None:
         (0.0 <= ft.warmup_fraction < 1.0,
          f"finetune.warmup_fraction: {ft.warmup_fraction} must be in [0, 1)"),
         (ft.lora_rank >= 0, f"finetune.lora_rank: {ft.lora_rank} must be >= 0 (0 = off)"),
+        (ft.distribution in {d.value for d in Distribution},
+         f"finetune.distribution: {ft.distribution!r} is not one of {choices(Distribution)}"),
+        (ft.precision in {p.value for p in Precision},
+         f"finetune.precision: {ft.precision!r} is not one of {choices(Precision)}"),
         (ev.max_length >= 2, f"eval.max_length: {ev.max_length} must be >= 2"),
         (ev.top_k >= 1, f"eval.top_k: {ev.top_k} must be >= 1"),
         (ev.temperature > 0, f"eval.temperature: {ev.temperature} must be > 0"),

@@ -50,7 +50,7 @@ def test_resolved_config_round_trips(tmp_path):
     ("finetune:\n  epoch: 3\n", ["c.yaml", "finetune.epoch", "unknown key", "epochs"]),
     ("finetune:\n  epochs: three\n", ["c.yaml", "finetune.epochs", "integer", "three"]),
     ("finetune:\n  epochs: 2.5\n", ["finetune.epochs", "integer"]),
-    ("finetune:\n  mixed_precision: 1\n", ["finetune.mixed_precision", "true or false"]),
+    ("finetune:\n  keep_checkpoints: 1\n", ["finetune.keep_checkpoints", "true or false"]),
     ("finetune:\n  batch_size: true\n", ["finetune.batch_size", "integer"]),
     ("eval:\n  prompts: hello\n", ["eval.prompts", "list"]),
     ("eval:\n  prompts: [1, 2]\n", ["eval.prompts[0]", "string"]),
@@ -75,8 +75,8 @@ def test_missing_file(tmp_path):
 
 
 def test_set_flags_parse_yaml_scalars():
-    assert parse_sets(["finetune.epochs=2", "name=x", "finetune.mixed_precision=true"]) == {
-        "finetune": {"epochs": 2, "mixed_precision": True}, "name": "x"}
+    assert parse_sets(["finetune.epochs=2", "name=x", "finetune.keep_checkpoints=true"]) == {
+        "finetune": {"epochs": 2, "keep_checkpoints": True}, "name": "x"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_sets(["finetune.epochs"])
 

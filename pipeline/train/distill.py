@@ -36,6 +36,7 @@ from pipeline.report import plot_perplexities
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import tqdm
 from pipeline.train.data import load_split, tokenize
+from pipeline.train.distribution import place
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
 from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
 
@@ -105,30 +106,43 @@ def build_student(teacher_backbone, cfg: DistillConfig):
 
 
 def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: float, desc: str,
-                  verbose: bool) -> list[float]:
-    """Trains `student_lm` in place; returns the loss per step."""
+                  verbose: bool, strategy=None) -> list[float]:
+    """Trains `student_lm` in place (under `strategy`, default one device); returns the loss
+    per step."""
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
     steps_per_epoch, epochs, total = plan_steps(len(train.y), cfg.batch_size, cfg.epochs,
                                                 cfg.max_steps)
-    optimizer = make_optimizer(cfg.learning_rate, total, cfg.warmup_fraction, cfg.weight_decay)
-    variables = student_lm.trainable_variables
-    optimizer.build(variables)
+    with strategy.scope():
+        optimizer = make_optimizer(cfg.learning_rate, total, cfg.warmup_fraction,
+                                   cfg.weight_decay)
+        variables = student_lm.trainable_variables
+        optimizer.build(variables)
 
-    @tf.function(jit_compile=True)  # XLA: fused elementwise ops, as in `compile_lm`
-    def step(x, y, w):
+    # XLA fuses the elementwise ops (as in `compile_lm`); with several replicas the optimizer
+    # all-reduces gradients across them, which an XLA-compiled step cannot, so jit is off.
+    @tf.function(jit_compile=replicas == 1)
+    def replica_step(x, y, w):
         teacher_logits = teacher_lm(x, training=False) if alpha > 0 else None
         with tf.GradientTape() as tape:
             logits = student_lm(x, training=True)
             loss = distillation_loss(teacher_logits, logits, y, w, cfg.temperature, alpha)
+            loss = loss / replicas  # each replica's share of the global-batch mean
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    data = iter(training_batches(train.x, train.y, train.w, cfg.batch_size, cfg.seed, 0, epochs))
+    @tf.function
+    def step(batch):
+        per_replica = strategy.run(replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    data = iter(strategy.experimental_distribute_dataset(
+        training_batches(train.x, train.y, train.w, cfg.batch_size, cfg.seed, 0, epochs)))
     losses = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
     for _ in range(total):
-        x, y, w = next(data)
-        losses.append(float(step(x, y, w)))
+        losses.append(float(step(next(data))))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()
@@ -158,27 +172,32 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
     log = print if verbose else (lambda *a, **k: None)
     source = teacher or str(check_local_preset(folder.finetune_preset))
     train_text, val_text = load_split(cfg.data)
-    teacher_lm = load_causal_lm(source)
+    placement = place(ft.distribution, d.batch_size, "distill")
+    log(placement.line())
+    with placement.strategy.scope():
+        teacher_lm = load_causal_lm(source)
     teacher_lm.preprocessor.sequence_length = min(ft.sequence_length,
                                                   teacher_lm.backbone.max_sequence_length)
     train = tokenize(train_text, teacher_lm.preprocessor, cfg.data.packing)
     val = tokenize(val_text, teacher_lm.preprocessor, cfg.data.packing)
 
     keras.utils.set_random_seed(d.seed)
-    student_backbone, init = build_student(teacher_lm.backbone, d)
-    baseline_backbone = keras_hub.models.GPT2Backbone.from_config(student_backbone.get_config())
-    baseline_backbone.set_weights(student_backbone.get_weights())  # same initialisation
-    student_lm = keras_hub.models.GPT2CausalLM(student_backbone, teacher_lm.preprocessor)
-    baseline_lm = keras_hub.models.GPT2CausalLM(baseline_backbone, teacher_lm.preprocessor)
+    with placement.strategy.scope():
+        student_backbone, init = build_student(teacher_lm.backbone, d)
+        baseline_backbone = keras_hub.models.GPT2Backbone.from_config(
+            student_backbone.get_config())
+        baseline_backbone.set_weights(student_backbone.get_weights())  # same initialisation
+        student_lm = keras_hub.models.GPT2CausalLM(student_backbone, teacher_lm.preprocessor)
+        baseline_lm = keras_hub.models.GPT2CausalLM(baseline_backbone, teacher_lm.preprocessor)
     log(f"Student: {student_backbone.num_layers} layers, {student_backbone.hidden_dim} wide, "
         f"{student_backbone.count_params():,} parameters ({init['init']}"
         f"{', teacher layers ' + str(init['teacher_layers']) if init['teacher_layers'] else ''})")
 
     started = time.time()
     student_losses = train_student(student_lm, teacher_lm, train, d, d.alpha, "distilling",
-                                   verbose)
+                                   verbose, placement.strategy)
     baseline_losses = train_student(baseline_lm, teacher_lm, train, d, 0.0,
-                                    "baseline (labels only)", verbose)
+                                    "baseline (labels only)", verbose, placement.strategy)
     train_seconds = time.time() - started
 
     ppl = {name: perplexity(lm, val.x, val.y, val.w, cfg.eval.batch_size)["perplexity"]
@@ -208,6 +227,7 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         "init": init,
         "temperature": d.temperature, "alpha": d.alpha,
         "steps": len(student_losses),
+        "distribution": placement.describe(),
         "parameters": params,
         "val_perplexity": ppl,
         "student_vs_teacher": ppl["student"] / ppl["teacher"] - 1.0,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
                                       restore_checkpoint)
 from pipeline.train.data import describe, load_split, tokenize
+from pipeline.train.distribution import place, policy
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import (compile_lm, evaluation_batches, make_optimizer, plan_steps,
                                  preprocessor_detached, training_batches)
@@ -53,9 +53,11 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
     log = print if verbose else (lambda *a, **k: None)
 
     train_text, val_text = load_split(cfg.data)  # fail on bad data before loading any model
-    _set_precision(ft.mixed_precision)
+    placement = place(ft.distribution, ft.batch_size)
+    log(placement.line())
     keras.utils.set_random_seed(ft.seed)
-    causal_lm = load_causal_lm(cfg.model.preset)
+    with placement.strategy.scope():  # variables (model, LoRA, optimizer) on every replica
+        causal_lm = load_causal_lm(cfg.model.preset, dtype=policy(ft.precision))
     _check_lengths(cfg, causal_lm.backbone.max_sequence_length)
     causal_lm.preprocessor.sequence_length = ft.sequence_length
     train = tokenize(train_text, causal_lm.preprocessor, cfg.data.packing)
@@ -68,7 +70,8 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
     log(f"  validation perplexity {before['val_perplexity']:.2f}")
 
     started = time.time()
-    history = _train(causal_lm, train, val, cfg, folder, verbose)
+    with placement.strategy.scope():
+        history = _train(causal_lm, train, val, cfg, folder, verbose)
     train_seconds = time.time() - started
 
     log("Evaluating after fine-tuning ...")
@@ -90,6 +93,8 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
         "steps": int(causal_lm.optimizer.iterations.numpy()),
         "epochs": plan_steps(len(train.y), ft.batch_size, ft.epochs, ft.max_steps)[1],
         "lora_rank": ft.lora_rank,
+        "distribution": placement.describe(),
+        "precision": causal_lm.dtype_policy.name,
         "train_seconds": round(train_seconds, 1),
         "before": before,
         "after": after,
@@ -107,7 +112,8 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     steps_per_epoch, epochs, total = plan_steps(len(train.y), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay))
+                                         ft.weight_decay),
+               tf.distribute.get_strategy().num_replicas_in_sync)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
     done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
     if done_epochs and verbose:
@@ -139,13 +145,6 @@ def _check_lengths(cfg: RunConfig, limit: int) -> None:
                         ("eval.max_length", cfg.eval.max_length)):
         if value > limit:
             raise ConfigError(f"{name}: {value} is above the model's position limit {limit}")
-
-
-def _set_precision(mixed: bool) -> None:
-    if mixed and not tf.config.list_physical_devices("GPU"):
-        warnings.warn("finetune.mixed_precision is on but no GPU is visible: using float32")
-        mixed = False
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
 
 
 def _checkpoint_dir(directory: Path, cfg: RunConfig) -> Path:

@@ -83,11 +83,12 @@ def _remote(preset: str, host: str) -> str:
     return preset
 
 
-def load_causal_lm(preset: str):
-    """Returns a `keras_hub.models.GPT2CausalLM` (backbone, tokenizer, preprocessor) from `preset`."""
+def load_causal_lm(preset: str, dtype: str | None = None):
+    """Returns a `keras_hub.models.GPT2CausalLM` (backbone, tokenizer, preprocessor) from `preset`;
+    `dtype` (a dtype policy name such as "mixed_float16") applies to this model only."""
     source = resolve_preset(preset)
     try:
-        return keras_hub.models.GPT2CausalLM.from_preset(source)
+        return keras_hub.models.GPT2CausalLM.from_preset(source, dtype=dtype)
     except PresetError:
         raise
     except Exception as e:  # keras-hub raises many kinds; name the preset and the cause
