@@ -118,25 +118,28 @@ def test_sequence_length_above_model_limit(kitchen_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def finetune_cli(config, run_dir, **popen):
+def finetune_cli(config, run_dir, devices=1):
+    env = {**os.environ, "GPT2_PIPELINE_CPU_DEVICES": str(devices)}
     return subprocess.Popen([sys.executable, "-m", "pipeline", "finetune", str(config),
                              "--run-dir", str(run_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **popen)
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.slow  # three fine-tunes in child processes
-def test_killed_run_resumes_to_the_uninterrupted_result(tiny_preset, tmp_path, kitchen_lines):
+@pytest.mark.slow  # three fine-tunes in child processes (each strategy)
+@pytest.mark.parametrize("distribution,devices", [("none", 1), ("mirrored", 2)])
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_preset, tmp_path, kitchen_lines,
+                                                        distribution, devices):
     data = tmp_path / "kitchen.txt"
     data.write_text("\n\n".join(kitchen_lines[:60]), encoding="utf-8")
     config = tmp_path / "c.yaml"
     config.write_text(f"model:\n  preset: {tiny_preset}\ndata:\n  path: {data}\n  packing: false\n"
                       "finetune:\n  sequence_length: 48\n  batch_size: 8\n  epochs: 10\n"
-                      "  learning_rate: 3.0e-3\n"
+                      f"  learning_rate: 3.0e-3\n  distribution: {distribution}\n"
                       "eval:\n  max_length: 20\n  prompts: [Tomato soup.]\n")
-    whole = finetune_cli(config, tmp_path / "whole")
+    whole = finetune_cli(config, tmp_path / "whole", devices)
     assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
 
-    killed = finetune_cli(config, tmp_path / "killed")
+    killed = finetune_cli(config, tmp_path / "killed", devices)
     latest = tmp_path / "killed" / "finetune" / "checkpoints" / "latest.json"
     deadline = time.time() + 600
     while time.time() < deadline and killed.poll() is None:
@@ -149,10 +152,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_preset, tmp_path, k
     assert 3 <= done < 10, done  # killed after a checkpoint, before the end
     assert not (tmp_path / "killed" / "finetune" / "preset").exists()
 
-    resumed = finetune_cli(config, tmp_path / "killed")  # the dead run's lock does not block
+    # the dead run's lock does not block the resumed one
+    resumed = finetune_cli(config, tmp_path / "killed", devices)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text())["finetune"]
                for name in ("whole", "killed")]
     losses = [m["after"]["val_loss"] for m in metrics]
     assert f"{losses[0]:.4g}" == f"{losses[1]:.4g}", losses  # 4 significant digits
     assert metrics[0]["steps"] == metrics[1]["steps"] == 70
+    assert metrics[1]["distribution"]["replicas"] == devices
