@@ -114,12 +114,14 @@ def cmd_generate(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from pipeline.bench import export_size, litertlm_speed
+    from pipeline.bench import export_size, finetune_speed, litertlm_speed
 
-    mains = {"export": export_size.main, "litertlm": litertlm_speed.main}
+    mains = {"export": export_size.main, "litertlm": litertlm_speed.main,
+             "finetune": finetune_speed.main}
     if not args.rest or args.rest[0] not in mains:
-        raise ConfigError("bench: name one benchmark: export (text-model sizes) or litertlm "
-                          "(LiteRT-LM vs Keras speed); add --help for its options")
+        raise ConfigError("bench: name one benchmark: export (text-model sizes), litertlm "
+                          "(LiteRT-LM vs Keras speed) or finetune (training tokens/s, MFU); "
+                          "add --help for its options")
     sys.exit(mains[args.rest[0]](args.rest[1:]))
 
 

@@ -1,0 +1,132 @@
+"""`python -m pipeline bench finetune`: training throughput and model FLOPs utilisation.
+
+One run measures, side by side on the same machine:
+  - this CPU's fp32 matmul peak (the best of several 2048x2048 matmuls);
+  - training steps of the benchmark model (`gpt2_base.py`: GPT-2 base shape, random weights,
+    the real GPT-2 tokenizer; or `--preset`) on the bundled corpus, for each sequence length:
+    packed windows (`data.packing: true`) against one example per row (padded), so the
+    "useful tokens/s" column counts only real target tokens;
+  - the same packed steps under MirroredStrategy over 2 logical CPU devices.
+MFU = useful tokens/s x (6 N + 12 L d T) / peak, N parameters, L layers, d width, T sequence.
+Prints a Markdown table and writes JSON; no pass/fail: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import keras_hub
+import tensorflow as tf
+
+from pipeline.bench import gpt2_base
+from pipeline.config import PROJECT_ROOT, DataConfig
+from pipeline.fsutil import write_json, write_text
+from pipeline.train.data import load_split, tokenize
+from pipeline.train.distribution import CPU_DEVICES, place, split_cpu
+from pipeline.train.loop import compile_lm, make_optimizer, training_batches
+from pipeline.train.presets import load_causal_lm
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Returns the best fp32 matmul rate of this machine, in GFLOP/s."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    matmul().numpy()
+    best = min(_timed(lambda: matmul().numpy()) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def flops_per_token(causal_lm, sequence_length: int) -> float:
+    """6 N + 12 L d T: the training FLOPs of one token (weights, plus attention scores)."""
+    b = causal_lm.backbone
+    return 6 * b.count_params() + 12 * b.num_layers * b.hidden_dim * sequence_length
+
+
+def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
+    """Times one warm-up step (tracing, XLA) and `steps` more; returns best and worst rates."""
+    placement = place(distribution, batch, "bench")
+    with placement.strategy.scope():
+        causal_lm = gpt2_base.causal_lm(preset)
+        causal_lm.preprocessor = None
+        compile_lm(causal_lm, make_optimizer(1e-4, steps + 1, 0.0, 0.0), placement.replicas)
+    epochs = 1 + (steps + 1) * batch // max(1, len(split.y))
+    batches = list(training_batches(split.x, split.y, split.w, batch, 0, 0, epochs)
+                   .take(steps + 1))
+    times, useful = [], []
+    for x, y, w in batches:
+        times.append(_timed(lambda: causal_lm.train_on_batch(x, y, sample_weight=w)))
+        useful.append(float(w.numpy().sum()))
+    length = int(split.y.shape[1])
+    rates = [u / t for u, t in zip(useful[1:], times[1:])]
+    return {"distribution": placement.kind, "replicas": placement.replicas, "batch": batch,
+            "sequence_length": length, "steps": steps, "first_step_seconds": times[0],
+            "step_seconds": times[1:],
+            "tokens_per_second": batch * length / min(times[1:]),
+            "useful_tokens_per_second": max(rates), "useful_tokens_per_second_worst": min(rates),
+            "flops_per_token": flops_per_token(causal_lm, length)}
+
+
+def bench_finetune(preset, lengths, batch: int, steps: int, data_path: Path) -> dict:
+    split_cpu()
+    peak = matmul_peak_gflops()
+    preprocessor = (load_causal_lm(preset).preprocessor if preset else
+                    keras_hub.models.GPT2CausalLMPreprocessor(gpt2_base.gpt2_tokenizer()))
+    texts, _ = load_split(DataConfig(path=str(data_path)))
+    rows = []
+    for length in lengths:
+        preprocessor.sequence_length = length
+        splits = {packing: tokenize(texts, preprocessor, packing) for packing in (True, False)}
+        plan = [(True, "none"), (False, "none"), (True, "mirrored")]
+        for packing, distribution in plan:
+            row = measure(preset, splits[packing], batch, steps, distribution)
+            row["packing"] = packing
+            row["mfu"] = row["useful_tokens_per_second"] * row["flops_per_token"] / (peak * 1e9)
+            rows.append(row)
+            print(f"  T={length} packing={packing} {distribution}: "
+                  f"{row['useful_tokens_per_second']:.0f} useful tokens/s, MFU {row['mfu']:.1%}")
+    return {"matmul_peak_gflops": peak, "model": preset or "gpt2_base shape (random weights)",
+            "rows": rows}
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Matmul peak (fp32, this run): {result['matmul_peak_gflops']:.0f} GFLOP/s. "
+             f"Model: {result['model']}.", "",
+             "| T | data | strategy (replicas) | batch | tokens/s | useful tokens/s, best / "
+             "worst step | MFU (best) | first step s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['sequence_length']} | {'packed' if r['packing'] else 'rows'} | "
+                     f"{r['distribution']} ({r['replicas']}) | {r['batch']} | "
+                     f"{r['tokens_per_second']:.0f} | {r['useful_tokens_per_second']:.0f} / "
+                     f"{r['useful_tokens_per_second_worst']:.0f} | {r['mfu']:.1%} | "
+                     f"{r['first_step_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline bench finetune")
+    parser.add_argument("--out", default="runs/bench", help="folder for the JSON and Markdown")
+    parser.add_argument("--preset", help="a real preset instead of random GPT-2-base weights")
+    parser.add_argument("--lengths", default="256,1024", help="sequence lengths")
+    parser.add_argument("--batch", type=int, default=2, help="global batch (even: 2 replicas)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per row")
+    parser.add_argument("--data", default=str(PROJECT_ROOT / "configs/data/kitchen_notes.txt"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault(CPU_DEVICES, "2")  # read before TensorFlow starts: mirrored rows
+    result = bench_finetune(args.preset, [int(n) for n in args.lengths.split(",")], args.batch,
+                            args.steps, Path(args.data))
+    table = markdown_table(result)
+    write_json(Path(args.out) / "finetune.json", result)
+    write_text(Path(args.out) / "finetune.md", table)
+    print(table)
+    return 0
