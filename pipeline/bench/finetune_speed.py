@@ -14,10 +14,12 @@ Prints a Markdown table and writes JSON; no pass/fail: the machine is shared and
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 from pathlib import Path
 
+import keras
 import keras_hub
 import tensorflow as tf
 
@@ -68,12 +70,16 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
         useful.append(float(w.numpy().sum()))
     length = int(split.y.shape[1])
     rates = [u / t for u, t in zip(useful[1:], times[1:])]
+    flops = flops_per_token(causal_lm, length)
+    del causal_lm, batches
+    keras.backend.clear_session()  # free this row's model and optimizer (GPT-2 base: ~2 GB)
+    gc.collect()
     return {"distribution": placement.kind, "replicas": placement.replicas, "batch": batch,
             "sequence_length": length, "steps": steps, "first_step_seconds": times[0],
             "step_seconds": times[1:],
             "tokens_per_second": batch * length / min(times[1:]),
             "useful_tokens_per_second": max(rates), "useful_tokens_per_second_worst": min(rates),
-            "flops_per_token": flops_per_token(causal_lm, length)}
+            "flops_per_token": flops}
 
 
 def bench_finetune(preset, lengths, batch: int, steps: int, data_path: Path) -> dict:
