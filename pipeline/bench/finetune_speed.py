@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,25 +87,55 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
 
 
 def bench_finetune(preset, lengths, batch: int, steps: int, data_path: Path) -> dict:
-    split_cpu()
+    """Each row runs in its own child process: its memory is its own, and a row the machine
+    cannot hold (killed for memory) is reported as such instead of ending the benchmark."""
     peak = matmul_peak_gflops()
-    preprocessor = (load_causal_lm(preset).preprocessor if preset else
-                    keras_hub.models.GPT2CausalLMPreprocessor(gpt2_base.gpt2_tokenizer()))
-    texts, _ = load_split(DataConfig(path=str(data_path)))
     rows = []
+    plan = [(True, "none"), (False, "none"), (True, "mirrored")]
     for length in lengths:
-        preprocessor.sequence_length = length
-        splits = {packing: tokenize(texts, preprocessor, packing) for packing in (True, False)}
-        plan = [(True, "none"), (False, "none"), (True, "mirrored")]
         for packing, distribution in plan:
-            row = measure(preset, splits[packing], batch, steps, distribution)
-            row["packing"] = packing
-            row["mfu"] = row["useful_tokens_per_second"] * row["flops_per_token"] / (peak * 1e9)
+            spec = {"preset": preset, "length": length, "packing": packing, "batch": batch,
+                    "steps": steps, "distribution": distribution, "data": str(data_path)}
+            row = _row_in_child(spec)
+            if "useful_tokens_per_second" in row:
+                row["mfu"] = (row["useful_tokens_per_second"] * row["flops_per_token"]
+                              / (peak * 1e9))
+                print(f"  T={length} packing={packing} {distribution}: "
+                      f"{row['useful_tokens_per_second']:.0f} useful tokens/s, "
+                      f"MFU {row['mfu']:.1%}")
+            else:
+                print(f"  T={length} packing={packing} {distribution}: {row['failed']}")
             rows.append(row)
-            print(f"  T={length} packing={packing} {distribution}: "
-                  f"{row['useful_tokens_per_second']:.0f} useful tokens/s, MFU {row['mfu']:.1%}")
     return {"matmul_peak_gflops": peak, "model": preset or "gpt2_base shape (random weights)",
             "rows": rows}
+
+
+def _row_in_child(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        proc = subprocess.run([sys.executable, "-m", "pipeline.bench.finetune_speed",
+                               json.dumps(spec), str(out)], cwd=PROJECT_ROOT,
+                              env={**os.environ, CPU_DEVICES: "2"})
+        if proc.returncode == 0 and out.is_file():
+            return json.loads(out.read_text())
+    why = ("killed (out of memory?)" if proc.returncode == -9 else
+           f"failed with exit status {proc.returncode}")
+    return {"sequence_length": spec["length"], "packing": spec["packing"],
+            "distribution": spec["distribution"], "batch": spec["batch"], "failed": why}
+
+
+def measure_row(spec: dict) -> dict:
+    """One row, in this process: tokenize the corpus at the row's length, then `measure`."""
+    split_cpu()
+    preset = spec["preset"]
+    preprocessor = (load_causal_lm(preset).preprocessor if preset else
+                    keras_hub.models.GPT2CausalLMPreprocessor(gpt2_base.gpt2_tokenizer()))
+    preprocessor.sequence_length = spec["length"]
+    texts, _ = load_split(DataConfig(path=spec["data"]))
+    split = tokenize(texts, preprocessor, spec["packing"])
+    row = measure(preset, split, spec["batch"], spec["steps"], spec["distribution"])
+    row["packing"] = spec["packing"]
+    return row
 
 
 def markdown_table(result: dict) -> str:
@@ -111,6 +145,10 @@ def markdown_table(result: dict) -> str:
              "worst step | MFU (best) | first step s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['sequence_length']} | {'packed' if r['packing'] else 'rows'} | "
+                         f"{r['distribution']} | {r['batch']} | {r['failed']} | | | |")
+            continue
         lines.append(f"| {r['sequence_length']} | {'packed' if r['packing'] else 'rows'} | "
                      f"{r['distribution']} ({r['replicas']}) | {r['batch']} | "
                      f"{r['tokens_per_second']:.0f} | {r['useful_tokens_per_second']:.0f} / "
@@ -128,7 +166,6 @@ def main(argv) -> int:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row")
     parser.add_argument("--data", default=str(PROJECT_ROOT / "configs/data/kitchen_notes.txt"))
     args = parser.parse_args(argv)
-    os.environ.setdefault(CPU_DEVICES, "2")  # read before TensorFlow starts: mirrored rows
     result = bench_finetune(args.preset, [int(n) for n in args.lengths.split(",")], args.batch,
                             args.steps, Path(args.data))
     table = markdown_table(result)
@@ -136,3 +173,7 @@ def main(argv) -> int:
     write_text(Path(args.out) / "finetune.md", table)
     print(table)
     return 0
+
+
+if __name__ == "__main__":  # one row in a child process: SPEC_JSON OUT_FILE
+    write_json(Path(sys.argv[2]), measure_row(json.loads(sys.argv[1])))
