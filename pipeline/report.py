@@ -11,7 +11,7 @@ import nbformat
 matplotlib.use("Agg")  # files only: no display in batch runs
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from pipeline.fsutil import atomic_file, write_json
+from pipeline.fsutil import atomic_file, write_json, write_text
 
 
 def write_metrics(run_dir, stage: str, metrics: dict) -> Path:
@@ -20,6 +20,13 @@ def write_metrics(run_dir, stage: str, metrics: dict) -> Path:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[stage] = metrics
     return write_json(path, data)
+
+
+def write_benchmark(out_dir, name: str, result: dict, table: str) -> None:
+    """Writes `<out_dir>/<name>.json` and `<name>.md` and prints the table."""
+    write_json(Path(out_dir) / f"{name}.json", result)
+    write_text(Path(out_dir) / f"{name}.md", table)
+    print(table)
 
 
 def read_metrics(run_dir) -> dict:

@@ -1,1 +1,1 @@
-"""Benchmarks (`python -m pipeline bench export|litertlm`): numbers side by side, one run."""
+"""Benchmarks (`python -m pipeline bench export|litertlm|finetune`): numbers side by side, one run."""

@@ -20,7 +20,7 @@ from pipeline.config import PROJECT_ROOT, ExportConfig
 from pipeline.export.graph import GPT2Graph
 from pipeline.export.text import text_model_tflite
 from pipeline.export.text_graph import TextModel
-from pipeline.fsutil import write_json, write_text
+from pipeline.report import write_benchmark
 from pipeline.runtime.flex import run_in_flex
 
 SIZE_TARGETS_MB = {"none": 505, "fp16": 255, "int8": 130, "int4": None}
@@ -97,9 +97,7 @@ def main(argv) -> int:
     result = bench_export(Path(args.out), args.modes.split(","), args.preset, args.max_length,
                           flex)
     table = markdown_table(result)
-    write_json(Path(args.out) / "export.json", result)
-    write_text(Path(args.out) / "export.md", table)
-    print(table)
+    write_benchmark(args.out, "export", result, table)
     return 0 if all(r["meets_target"] for r in result["rows"]) else 1
 
 

@@ -14,7 +14,6 @@ Prints a Markdown table and writes JSON; no pass/fail: the machine is shared and
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -23,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import keras_hub
 import tensorflow as tf
 
 from pipeline.bench import gpt2_base
 from pipeline.config import PROJECT_ROOT, DataConfig
-from pipeline.fsutil import write_json, write_text
+from pipeline.fsutil import write_json
+from pipeline.report import write_benchmark
 from pipeline.train.data import load_split, tokenize
 from pipeline.train.distribution import CPU_DEVICES, place, split_cpu
 from pipeline.train.loop import compile_lm, make_optimizer, training_batches
@@ -74,16 +73,12 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
         useful.append(float(w.numpy().sum()))
     length = int(split.y.shape[1])
     rates = [u / t for u, t in zip(useful[1:], times[1:])]
-    flops = flops_per_token(causal_lm, length)
-    del causal_lm, batches
-    keras.backend.clear_session()  # free this row's model and optimizer (GPT-2 base: ~2 GB)
-    gc.collect()
     return {"distribution": placement.kind, "replicas": placement.replicas, "batch": batch,
             "sequence_length": length, "steps": steps, "first_step_seconds": times[0],
             "step_seconds": times[1:],
             "tokens_per_second": batch * length / min(times[1:]),
             "useful_tokens_per_second": max(rates), "useful_tokens_per_second_worst": min(rates),
-            "flops_per_token": flops}
+            "flops_per_token": flops_per_token(causal_lm, length)}
 
 
 def bench_finetune(preset, lengths, batch: int, steps: int, data_path: Path) -> dict:
@@ -169,9 +164,7 @@ def main(argv) -> int:
     result = bench_finetune(args.preset, [int(n) for n in args.lengths.split(",")], args.batch,
                             args.steps, Path(args.data))
     table = markdown_table(result)
-    write_json(Path(args.out) / "finetune.json", result)
-    write_text(Path(args.out) / "finetune.md", table)
-    print(table)
+    write_benchmark(args.out, "finetune", result, table)
     return 0
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from pipeline.bench import gpt2_base
 from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
                                       write_tokenizer_files)
-from pipeline.fsutil import write_json, write_text
+from pipeline.report import write_benchmark
 from pipeline.runtime.litertlm import engine
 
 TARGETS = {"decode_ratio": 3.0, "prefill_ratio": 3.0, "file_mb": 130, "rss_mb": 400}
@@ -204,9 +204,7 @@ def main(argv) -> int:
     result = bench(Path(args.out), args.preset, args.quantization, args.threads,
                    args.new_tokens, args.context)
     table = markdown(result)
-    write_json(Path(args.out) / "litertlm.json", result)
-    write_text(Path(args.out) / "litertlm.md", table)
-    print(table)
+    write_benchmark(args.out, "litertlm", result, table)
     return 0 if all(result["meets"].values()) else 1
 
 

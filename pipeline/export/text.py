@@ -73,10 +73,10 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
         f"{ex.sampler} sampling, {ex.quantization}) ...")
     model_bytes, stored, lookups = text_model_tflite(module, parameters, ex.quantization)
     ops = op_report(model_bytes)
-    if outside_stock_runtime(ops["select_tf"]):
+    outside = outside_stock_runtime(ops["select_tf"])
+    if outside:
         raise PipelineError(f"the text model needs select-TF ops the stock select-TF-ops "
-                            f"runtime lacks ({', '.join(outside_stock_runtime(ops['select_tf']))})"
-                            f"; see tflite.STOCK_FLEX_OPS")
+                            f"runtime lacks ({', '.join(outside)}); see tflite.STOCK_FLEX_OPS")
     export_seconds = time.time() - started
 
     name = f"gpt2_text_{ex.quantization}.tflite"

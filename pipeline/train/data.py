@@ -31,7 +31,7 @@ EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
 
 @dataclass
 class TokenizedSplit:
-    x: dict  # {"token_ids": (N, T) int32, "padding_mask": (N, T) bool}
+    x: dict  # {"token_ids": (N, T) int32, "padding_mask": (N, T) int32, 1 = real token}
     y: np.ndarray  # (N, T) next-token targets
     w: np.ndarray  # (N, T) 1.0 where the target is a real token
     stats: dict
@@ -184,7 +184,7 @@ def _pack(ids: list, separator: int, length: int) -> TokenizedSplit:
     flat = np.concatenate([flat, np.zeros(n * length + 1 - real, "int32")])
     position = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]  # (N, L + 1)
     windows = flat[position]
-    return TokenizedSplit(x={"token_ids": windows[:, :-1], "padding_mask": position[:, :-1] < real},
+    return TokenizedSplit(x={"token_ids": windows[:, :-1], "padding_mask": (position[:, :-1] < real).astype("int32")},
                           y=windows[:, 1:], w=(position[:, 1:] < real).astype("float32"),
                           stats={})
 
@@ -193,7 +193,7 @@ def _rows(examples: list[str], preprocessor, chunk: int) -> TokenizedSplit:
     xs, ys, ws = [], [], []
     for part in range(0, len(examples), chunk):
         x, y, w = preprocessor(examples[part:part + chunk])
-        xs.append({k: np.asarray(v) for k, v in x.items()})
+        xs.append({k: np.asarray(v, dtype="int32") for k, v in x.items()})
         ys.append(np.asarray(y))
         ws.append(np.asarray(w, dtype="float32"))
     return TokenizedSplit(x={k: np.concatenate([x[k] for x in xs]) for k in xs[0]},

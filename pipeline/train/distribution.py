@@ -35,6 +35,7 @@ from pipeline.config import Distribution, Precision
 from pipeline.errors import ConfigError
 
 CPU_DEVICES = "GPT2_PIPELINE_CPU_DEVICES"
+TPU_DEVICE = "/dev/accel0"  # a TPU VM's first chip
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def split_cpu() -> None:
 def tpu_attached() -> bool:
     """Whether a TPU is reachable: Colab (COLAB_TPU_ADDR), TPU_NAME, or a TPU VM's devices."""
     return bool(os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME")
-                or os.path.exists("/dev/accel0") or tf.config.list_physical_devices("TPU"))
+                or os.path.exists(TPU_DEVICE) or tf.config.list_physical_devices("TPU"))
 
 
 def _strategy(kind: Distribution) -> tf.distribute.Strategy:

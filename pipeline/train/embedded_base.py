@@ -163,7 +163,7 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
         f"{len(train)} windows of {spec.sequence_length}")
 
     def arrays(w):
-        x = {"token_ids": w[:, :-1], "padding_mask": np.ones_like(w[:, :-1], dtype=bool)}
+        x = {"token_ids": w[:, :-1], "padding_mask": np.ones_like(w[:, :-1], dtype="int32")}
         return x, w[:, 1:], np.ones_like(w[:, 1:], dtype="float32")
 
     compile_lm(causal_lm, make_optimizer(spec.learning_rate, spec.steps, 0.05, 0.01))

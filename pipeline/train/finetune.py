@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline.config import RunConfig
@@ -71,7 +70,7 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
 
     started = time.time()
     with placement.strategy.scope():
-        history = _train(causal_lm, train, val, cfg, folder, verbose)
+        history = _train(causal_lm, train, val, cfg, folder, verbose, placement.replicas)
     train_seconds = time.time() - started
 
     log("Evaluating after fine-tuning ...")
@@ -104,7 +103,8 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
     return FinetuneResult(preset_dir=preset_dir, metrics=metrics)
 
 
-def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bool) -> dict:
+def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bool,
+           replicas: int = 1) -> dict:
     """Trains `causal_lm` in place, resuming from a checkpoint; returns the loss history."""
     ft, ev = cfg.finetune, cfg.eval
     if ft.lora_rank:
@@ -112,8 +112,7 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     steps_per_epoch, epochs, total = plan_steps(len(train.y), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay),
-               tf.distribute.get_strategy().num_replicas_in_sync)
+                                         ft.weight_decay), replicas)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
     done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
     if done_epochs and verbose:

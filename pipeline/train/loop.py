@@ -65,7 +65,7 @@ def training_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int, see
                      first_epoch: int, epochs: int):
     """Returns the batches of epochs first_epoch..epochs-1, ceil(N / batch) per epoch."""
     orders = np.stack([epoch_order(len(y), seed, e) for e in range(first_epoch, epochs)])
-    tables = (int_masks(x), y, w)
+    tables = (x, y, w)
     return (tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
             .map(lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tables))
@@ -74,14 +74,7 @@ def training_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int, see
 
 def evaluation_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int):
     """Returns the examples in order, batched, repeating (Keras re-reads them each epoch)."""
-    return tf.data.Dataset.from_tensor_slices((int_masks(x), y, w)).batch(
-        batch_size).repeat().prefetch(2)
-
-
-def int_masks(x: dict) -> dict:
-    """Boolean inputs (padding masks) as int32: under a tf.distribute strategy Keras averages a
-    batch across replicas to build the model, which fails on bool tensors."""
-    return {k: v.astype("int32") if v.dtype == bool else v for k, v in x.items()}
+    return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch_size).repeat().prefetch(2)
 
 
 def plan_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int):

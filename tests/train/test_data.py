@@ -129,7 +129,7 @@ def test_packing_trains_every_token_once(tiny_preset, kitchen_lines):
     # Each target position is trained once: the weighted targets, in order, are the stream
     # after its opening separator; the unpadded inputs are the stream as far as windows reach.
     targets = split.y[split.w > 0].tolist()
-    inputs = split.x["token_ids"][split.x["padding_mask"]].tolist()
+    inputs = split.x["token_ids"][split.x["padding_mask"] == 1].tolist()
     assert targets == expected[1:]
     assert inputs == expected[:min(len(expected), split.y.size)]
     assert (split.y[:, :-1] == split.x["token_ids"][:, 1:]).all()  # labels = inputs shifted

@@ -58,7 +58,7 @@ def test_auto_resolves_by_the_devices_present(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices[kind])
     monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
     monkeypatch.delenv("TPU_NAME", raising=False)
-    monkeypatch.setattr(distribution.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(distribution, "TPU_DEVICE", "/nonexistent/accel0")
     assert resolve("auto") == Distribution.NONE
     devices["GPU"] = ["gpu0"]
     assert resolve("auto") == Distribution.NONE  # one GPU: the default strategy runs on it
