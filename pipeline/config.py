@@ -100,6 +100,7 @@ class DataConfig:
     packing: bool = True  # true: examples joined by <|endoftext|>, cut into full windows (every
     #                       token trained on once); false: one example per row, padded or cut
     validation_fraction: float = 0.1  # share of examples held out, in (0, 1)
+    validation_tokens: int = 131072  # perplexity reads at most this many (evenly spaced windows)
     seed: int = 1234  # seed of the train/validation split
 
 
@@ -233,6 +234,8 @@ def validate(cfg: RunConfig) -> None:
          f"data.txt_mode: {data.txt_mode!r} is not one of auto, line, paragraph"),
         (0.0 < data.validation_fraction < 1.0,
          f"data.validation_fraction: {data.validation_fraction} must be between 0 and 1"),
+        (data.validation_tokens >= 1,
+         f"data.validation_tokens: {data.validation_tokens} must be >= 1"),
         (ft.sequence_length >= 8, f"finetune.sequence_length: {ft.sequence_length} must be >= 8"),
         (ft.batch_size >= 1, f"finetune.batch_size: {ft.batch_size} must be >= 1"),
         (ft.epochs >= 1, f"finetune.epochs: {ft.epochs} must be >= 1"),

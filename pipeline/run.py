@@ -29,7 +29,7 @@ from pipeline.train.presets import resolve_preset
 from pipeline.report import read_metrics, write_metrics
 from pipeline.run_folder import RunFolder, writable_folder
 from pipeline.runtime.flex import require_flex
-from pipeline.train.data import load_split
+from pipeline.train.data import check_data
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 STAGES = [("finetune", "01_finetune.ipynb"), ("distill", "02_distill.ipynb"),
@@ -75,7 +75,7 @@ def run(config_path, overrides: dict | None = None) -> Path:
 
 def preflight(cfg: RunConfig) -> None:
     """Fails fast, before anything is written, on bad data, paths or an unreachable preset."""
-    load_split(cfg.data)
+    check_data(cfg.data)
     writable_folder(cfg.output_dir, "output_dir")
     if cfg.model.preset != "embedded":  # the embedded base is built by `run` itself
         resolve_preset(cfg.model.preset)

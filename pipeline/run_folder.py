@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.errors import PipelineError
 
 EXPORT_TARGETS = ("text", "litertlm")
@@ -115,6 +116,12 @@ class RunFolder:
         finally:
             path.unlink(missing_ok=True)
             handle.close()
+
+
+def cache_dir() -> Path:
+    """The machine's cache, shared by runs: $GPT2_PIPELINE_CACHE, else <project>/.cache.
+    Holds the embedded base presets (embedded-<key>/) and the token cache (tokens/)."""
+    return Path(os.environ.get("GPT2_PIPELINE_CACHE", PROJECT_ROOT / ".cache")).expanduser()
 
 
 def writable_folder(path, setting: str) -> Path:

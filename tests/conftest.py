@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["PIPELINE_BATCH"] = "1"
+# The token cache (and any embedded base) of the tests' own, never the project's .cache/.
+os.environ["GPT2_PIPELINE_CACHE"] = tempfile.mkdtemp(prefix="gpt2-pipeline-test-cache-")
 
 KITCHEN = ROOT / "configs" / "data" / "kitchen_notes.txt"
 

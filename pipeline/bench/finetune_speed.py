@@ -64,8 +64,8 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
         causal_lm = gpt2_base.causal_lm(preset)
         causal_lm.preprocessor = None
         compile_lm(causal_lm, make_optimizer(1e-4, steps + 1, 0.0, 0.0), placement.replicas)
-    epochs = 1 + (steps + 1) * batch // max(1, len(split.y))
-    batches = list(training_batches(split.x, split.y, split.w, batch, 0, 0, epochs)
+    epochs = 1 + (steps + 1) * batch // max(1, len(split))
+    batches = list(training_batches(split, batch, 0, 0, epochs)
                    .take(steps + 1))
     times, useful = [], []
     for x, y, w in batches:

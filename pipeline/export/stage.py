@@ -16,7 +16,7 @@ from pipeline.export.text import export_text_model
 from pipeline.train.presets import check_local_preset, load_causal_lm
 from pipeline.report import read_metrics
 from pipeline.run_folder import RunFolder
-from pipeline.train.data import load_split
+from pipeline.train.data import validation_examples
 
 
 def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: bool = False,
@@ -31,7 +31,7 @@ def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: b
         results["text"] = export_text_model(cfg, causal_lm, folder.export("text", student),
                                             source, verbose=verbose)
     if "litertlm" in cfg.export.targets:
-        _, val_text = load_split(cfg.data)
+        val_text = validation_examples(cfg.data, 32)  # what verification reads
         results["litertlm"] = export_litertlm(cfg, causal_lm,
                                               folder.export("litertlm", student), val_text,
                                               source, verbose=verbose)

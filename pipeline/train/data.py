@@ -36,6 +36,13 @@ class TokenizedSplit:
     w: np.ndarray  # (N, T) 1.0 where the target is a real token
     stats: dict
 
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def rows(self, idx: np.ndarray):
+        """Returns (x, y, w) of rows `idx`, as `token_cache.Windows.rows` does from disk."""
+        return {k: v[idx] for k, v in self.x.items()}, self.y[idx], self.w[idx]
+
 
 def find_files(path: str) -> list[Path]:
     """Returns the data files named by `path`: a file, a folder, or a glob pattern."""
@@ -103,47 +110,86 @@ def parse_csv(text: str, field: str, path: Path) -> list[str]:
     return [row[field] or "" for row in reader]
 
 
+def file_examples(path: Path, cfg: DataConfig) -> list[str]:
+    """Returns the examples of one data file, stripped, at least `cfg.min_chars` long."""
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = EXTENSIONS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(
+                f"{path}: unknown extension {path.suffix!r}; use .txt, .jsonl or .csv "
+                f"or set data.format"
+            )
+    text = read_text(path)
+    if fmt == "txt":
+        found = parse_txt(text, cfg.txt_mode)
+    elif fmt == "jsonl":
+        found = parse_jsonl(text, cfg.field, path)
+    else:
+        found = parse_csv(text, cfg.field, path)
+    return [e.strip() for e in found if len(e.strip()) >= cfg.min_chars]
+
+
+def no_examples(cfg: DataConfig) -> DataError:
+    return DataError(f"data.path: {cfg.path} has no examples of at least {cfg.min_chars} "
+                     f"characters")
+
+
 def load_examples(cfg: DataConfig) -> list[str]:
-    """Returns the non-empty examples of every file named by `cfg.path`, in file order."""
-    examples = []
-    for path in find_files(cfg.path):
-        fmt = cfg.format
-        if fmt == "auto":
-            fmt = EXTENSIONS.get(path.suffix.lower())
-            if fmt is None:
-                raise DataError(
-                    f"{path}: unknown extension {path.suffix!r}; use .txt, .jsonl or .csv "
-                    f"or set data.format"
-                )
-        text = read_text(path)
-        if fmt == "txt":
-            found = parse_txt(text, cfg.txt_mode)
-        elif fmt == "jsonl":
-            found = parse_jsonl(text, cfg.field, path)
-        else:
-            found = parse_csv(text, cfg.field, path)
-        examples.extend(e.strip() for e in found if len(e.strip()) >= cfg.min_chars)
+    """Returns the examples of every file named by `cfg.path`, in file order (all in RAM:
+    for large corpora use `token_cache.open_corpus`, which reads one file at a time)."""
+    examples = [e for path in find_files(cfg.path) for e in file_examples(path, cfg)]
     if not examples:
-        raise DataError(f"data.path: {cfg.path} has no examples of at least {cfg.min_chars} "
-                        f"characters")
+        raise no_examples(cfg)
     return examples
 
 
-def split_examples(examples: list[str], validation_fraction: float, seed: int):
-    """Returns (train, validation): a seeded shuffle, at least one example in each."""
-    if len(examples) < 2:
-        raise DataError(f"data: {len(examples)} example found, at least 2 are needed to hold "
+def check_data(cfg: DataConfig) -> int:
+    """Parses every data file, one at a time, and returns the number of examples."""
+    count = sum(len(file_examples(path, cfg)) for path in find_files(cfg.path))
+    if not count:
+        raise no_examples(cfg)
+    return count
+
+
+def validation_mask(num_examples: int, validation_fraction: float, seed: int) -> np.ndarray:
+    """Returns which examples are held out: a seeded shuffle, at least one in each split."""
+    if num_examples < 2:
+        raise DataError(f"data: {num_examples} example found, at least 2 are needed to hold "
                         f"one out for validation")
-    order = np.random.default_rng(seed).permutation(len(examples))
-    n_val = min(len(examples) - 1, max(1, math.ceil(len(examples) * validation_fraction)))
-    val = [examples[i] for i in sorted(order[:n_val])]
-    train = [examples[i] for i in sorted(order[n_val:])]
+    order = np.random.default_rng(seed).permutation(num_examples)
+    n_val = min(num_examples - 1, max(1, math.ceil(num_examples * validation_fraction)))
+    mask = np.zeros(num_examples, bool)
+    mask[order[:n_val]] = True
+    return mask
+
+
+def split_examples(examples: list[str], validation_fraction: float, seed: int):
+    """Returns (train, validation) examples, in order, as `validation_mask` assigns them."""
+    held_out = validation_mask(len(examples), validation_fraction, seed)
+    val = [e for e, v in zip(examples, held_out) if v]
+    train = [e for e, v in zip(examples, held_out) if not v]
     return train, val
 
 
 def load_split(cfg: DataConfig) -> tuple[list[str], list[str]]:
     """Returns (train, validation) examples of the data named by `cfg`, split by its seed."""
     return split_examples(load_examples(cfg), cfg.validation_fraction, cfg.seed)
+
+
+def validation_examples(cfg: DataConfig, limit: int) -> list[str]:
+    """Returns the first `limit` validation examples of `load_split`, holding one file at a
+    time in RAM (two passes: count, then collect)."""
+    files = find_files(cfg.path)
+    held_out = validation_mask(check_data(cfg), cfg.validation_fraction, cfg.seed)
+    out, first = [], 0
+    for path in files:
+        examples = file_examples(path, cfg)
+        out += [e for e, v in zip(examples, held_out[first:first + len(examples)]) if v]
+        first += len(examples)
+        if len(out) >= limit:
+            break
+    return out[:limit]
 
 
 def tokenize(examples: list[str], preprocessor, packing: bool = False,
@@ -207,8 +253,13 @@ def _token_ids(preprocessor, texts: list[str]) -> list[list[int]]:
 
 def describe(name: str, stats: dict) -> str:
     if stats["packing"]:
-        return (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens packed into "
-                f"{stats['rows']} windows of {stats['sequence_length']} (every token trained on)")
-    return (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens "
-            f"(mean {stats['mean_tokens']:.0f}), {stats['truncated_share']:.0%} truncated at "
-            f"{stats['sequence_length']} tokens")
+        line = (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens packed into "
+                f"{stats['rows']} windows of {stats['sequence_length']} (every token used)")
+    else:
+        line = (f"{name}: {stats['examples']} examples, {stats['tokens']:,} tokens "
+                f"(mean {stats['mean_tokens']:.0f}), {stats['truncated_share']:.0%} truncated at "
+                f"{stats['sequence_length']} tokens")
+    if stats.get("rows_evaluated", stats["rows"]) < stats["rows"]:
+        line += (f"; perplexity on {stats['rows_evaluated']} evenly spaced rows "
+                 f"({stats['tokens_evaluated']:,} tokens, data.validation_tokens)")
+    return line

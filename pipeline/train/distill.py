@@ -35,8 +35,8 @@ from pipeline.train.presets import check_local_preset, load_causal_lm, save_pres
 from pipeline.report import plot_perplexities
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import tqdm
-from pipeline.train.data import load_split, tokenize
 from pipeline.train.distribution import place
+from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
 from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
 
@@ -112,7 +112,7 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
-    steps_per_epoch, epochs, total = plan_steps(len(train.y), cfg.batch_size, cfg.epochs,
+    steps_per_epoch, epochs, total = plan_steps(len(train), cfg.batch_size, cfg.epochs,
                                                 cfg.max_steps)
     with strategy.scope():
         optimizer = make_optimizer(cfg.learning_rate, total, cfg.warmup_fraction,
@@ -138,7 +138,7 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     data = iter(strategy.experimental_distribute_dataset(
-        training_batches(train.x, train.y, train.w, cfg.batch_size, cfg.seed, 0, epochs)))
+        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs)))
     losses = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
     for _ in range(total):
@@ -171,15 +171,16 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
     folder = RunFolder(run_dir)
     log = print if verbose else (lambda *a, **k: None)
     source = teacher or str(check_local_preset(folder.finetune_preset))
-    train_text, val_text = load_split(cfg.data)
     placement = place(ft.distribution, d.batch_size, "distill")
     log(placement.line())
     with placement.strategy.scope():
         teacher_lm = load_causal_lm(source)
-    teacher_lm.preprocessor.sequence_length = min(ft.sequence_length,
-                                                  teacher_lm.backbone.max_sequence_length)
-    train = tokenize(train_text, teacher_lm.preprocessor, cfg.data.packing)
-    val = tokenize(val_text, teacher_lm.preprocessor, cfg.data.packing)
+    length = min(ft.sequence_length, teacher_lm.backbone.max_sequence_length)
+    teacher_lm.preprocessor.sequence_length = length
+    corpus = open_corpus(cfg.data, teacher_lm.preprocessor.tokenizer, verbose)  # cached
+    train = corpus.windows("train", length, cfg.data.packing)
+    val = corpus.windows("validation", length, cfg.data.packing).sample(
+        cfg.data.validation_tokens)
 
     keras.utils.set_random_seed(d.seed)
     with placement.strategy.scope():

@@ -17,7 +17,6 @@ import ast
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import sysconfig
 import time
@@ -30,9 +29,10 @@ import numpy as np
 from tokenizers import ByteLevelBPETokenizer
 from tokenizers.models import BPE
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.fsutil import atomic_dir
+from pipeline.run_folder import cache_dir
 from pipeline.train.callbacks import ProgressBar, StepLossLogger
+from pipeline.train.data import TokenizedSplit
 from pipeline.train.loop import compile_lm, make_optimizer, perplexity, training_batches
 
 END_TOKEN = "<|endoftext|>"
@@ -54,11 +54,6 @@ class BaseSpec:
     learning_rate: float = 3e-3
     max_corpus_chars: int = 3_000_000
     seed: int = 0
-
-
-def cache_dir() -> Path:
-    """Where built presets live: $GPT2_PIPELINE_CACHE, else <project>/.cache."""
-    return Path(os.environ.get("GPT2_PIPELINE_CACHE", PROJECT_ROOT / ".cache")).expanduser()
 
 
 def spec_key(spec: BaseSpec) -> str:
@@ -164,19 +159,20 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
 
     def arrays(w):
         x = {"token_ids": w[:, :-1], "padding_mask": np.ones_like(w[:, :-1], dtype="int32")}
-        return x, w[:, 1:], np.ones_like(w[:, 1:], dtype="float32")
+        return TokenizedSplit(x, w[:, 1:], np.ones_like(w[:, 1:], dtype="float32"), {})
 
     compile_lm(causal_lm, make_optimizer(spec.learning_rate, spec.steps, 0.05, 0.01))
-    x, y, w = arrays(train)
+    train = arrays(train)
     logger = StepLossLogger()
     bar = ProgressBar(spec.steps, "  pre-training") if verbose else None
     causal_lm.fit(
-        training_batches(x, y, w, spec.batch_size, spec.seed, 0,
-                         -(-spec.steps * spec.batch_size // len(y)) + 1),
+        training_batches(train, spec.batch_size, spec.seed, 0,
+                         -(-spec.steps * spec.batch_size // len(train)) + 1),
         steps_per_epoch=spec.steps, epochs=1, verbose=0, shuffle=False,
         callbacks=[logger] + ([bar] if bar else []),
     )
-    ppl = perplexity(causal_lm, *arrays(held_out))
+    held_out = arrays(held_out)
+    ppl = perplexity(causal_lm, held_out.x, held_out.y, held_out.w)
     log(f"  held-out perplexity {ppl['perplexity']:.1f} after {spec.steps} steps "
         f"({time.time() - started:.0f}s)")
     causal_lm.preprocessor = preprocessor

@@ -27,13 +27,14 @@ from pipeline import config as config_lib
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json, write_text
-from pipeline.train.presets import load_causal_lm, save_preset
+from pipeline.train.presets import load_causal_lm, load_tokenizer, save_preset
 from pipeline.report import plot_loss_curve
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
                                       restore_checkpoint)
-from pipeline.train.data import describe, load_split, tokenize
+from pipeline.train.data import describe
 from pipeline.train.distribution import place, policy
+from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import (compile_lm, evaluation_batches, make_optimizer, plan_steps,
                                  preprocessor_detached, training_batches)
@@ -51,16 +52,18 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
     folder = RunFolder(run_dir)
     log = print if verbose else (lambda *a, **k: None)
 
-    train_text, val_text = load_split(cfg.data)  # fail on bad data before loading any model
-    placement = place(ft.distribution, ft.batch_size)
+    placement = place(ft.distribution, ft.batch_size)  # first: it sets up devices
     log(placement.line())
+    # tokenized once into the token cache; bad data fails here, before any model is loaded
+    corpus = open_corpus(cfg.data, load_tokenizer(cfg.model.preset), verbose)
     keras.utils.set_random_seed(ft.seed)
     with placement.strategy.scope():  # variables (model, LoRA, optimizer) on every replica
         causal_lm = load_causal_lm(cfg.model.preset, dtype=policy(ft.precision))
     _check_lengths(cfg, causal_lm.backbone.max_sequence_length)
     causal_lm.preprocessor.sequence_length = ft.sequence_length
-    train = tokenize(train_text, causal_lm.preprocessor, cfg.data.packing)
-    val = tokenize(val_text, causal_lm.preprocessor, cfg.data.packing)
+    train = corpus.windows("train", ft.sequence_length, cfg.data.packing)  # read from disk
+    val = corpus.windows("validation", ft.sequence_length, cfg.data.packing).sample(
+        cfg.data.validation_tokens)
     log(describe("train", train.stats))
     log(describe("validation", val.stats))
 
@@ -90,7 +93,7 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
         "parameters": int(causal_lm.backbone.count_params()),
         "data": {"train": train.stats, "validation": val.stats},
         "steps": int(causal_lm.optimizer.iterations.numpy()),
-        "epochs": plan_steps(len(train.y), ft.batch_size, ft.epochs, ft.max_steps)[1],
+        "epochs": plan_steps(len(train), ft.batch_size, ft.epochs, ft.max_steps)[1],
         "lora_rank": ft.lora_rank,
         "distribution": placement.describe(),
         "precision": causal_lm.dtype_policy.name,
@@ -109,7 +112,7 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     ft, ev = cfg.finetune, cfg.eval
     if ft.lora_rank:
         causal_lm.backbone.enable_lora(ft.lora_rank)
-    steps_per_epoch, epochs, total = plan_steps(len(train.y), ft.batch_size, ft.epochs,
+    steps_per_epoch, epochs, total = plan_steps(len(train), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
                                          ft.weight_decay), replicas)
@@ -129,9 +132,8 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     if done_epochs < epochs and int(causal_lm.optimizer.iterations.numpy()) < total:
         with preprocessor_detached(causal_lm):
             causal_lm.fit(
-                training_batches(train.x, train.y, train.w, ft.batch_size, ft.seed,
-                                 done_epochs, epochs),
-                validation_data=evaluation_batches(val.x, val.y, val.w, ev.batch_size),
+                training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs),
+                validation_data=evaluation_batches(val, ev.batch_size),
                 validation_steps=-(-len(val.y) // ev.batch_size),
                 steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=done_epochs,
                 callbacks=callbacks, verbose=0, shuffle=False,

@@ -61,20 +61,39 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples).astype("int64")
 
 
-def training_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int, seed: int,
-                     first_epoch: int, epochs: int):
-    """Returns the batches of epochs first_epoch..epochs-1, ceil(N / batch) per epoch."""
-    orders = np.stack([epoch_order(len(y), seed, e) for e in range(first_epoch, epochs)])
-    tables = (x, y, w)
+def training_batches(source, batch_size: int, seed: int, first_epoch: int, epochs: int):
+    """Returns the batches of epochs first_epoch..epochs-1, ceil(N / batch) per epoch.
+
+    `source`: a `data.TokenizedSplit` (in RAM) or a `token_cache.Windows` (on disk): either
+    gives `len()` rows and `rows(idx) -> (x, y, w)`; only the rows of the next batches are read.
+    """
+    orders = np.stack([epoch_order(len(source), seed, e) for e in range(first_epoch, epochs)])
+    length = source.rows(np.zeros(1, "int64"))[1].shape[1]
+
+    def read(idx):
+        x, y, w = source.rows(idx)
+        return (x["token_ids"].astype("int32"), x["padding_mask"].astype("int32"),
+                y.astype("int32"), w.astype("float32"))
+
+    def batch(idx):
+        parts = tf.numpy_function(read, [idx], [tf.int32, tf.int32, tf.int32, tf.float32],
+                                  stateful=False)
+        for part in parts:
+            part.set_shape([None, length])
+        ids, mask, y, w = parts
+        return {"token_ids": ids, "padding_mask": mask}, y, w
+
     return (tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
-            .map(lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tables))
+            .map(batch)
             .prefetch(2))
 
 
-def evaluation_batches(x: dict, y: np.ndarray, w: np.ndarray, batch_size: int):
-    """Returns the examples in order, batched, repeating (Keras re-reads them each epoch)."""
-    return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch_size).repeat().prefetch(2)
+def evaluation_batches(split, batch_size: int):
+    """Returns the rows of a `TokenizedSplit` in order, batched, repeating (Keras re-reads
+    them each epoch)."""
+    return (tf.data.Dataset.from_tensor_slices((split.x, split.y, split.w)).batch(batch_size)
+            .repeat().prefetch(2))
 
 
 def plan_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int):

@@ -96,6 +96,16 @@ def load_causal_lm(preset: str, dtype: str | None = None):
         raise PresetError(f"cannot load preset {preset!r}: {message}") from e
 
 
+def load_tokenizer(preset: str):
+    """Returns only the tokenizer of `preset` (no weights loaded): enough to read the data."""
+    source = resolve_preset(preset)
+    try:
+        return keras_hub.models.GPT2Tokenizer.from_preset(source)
+    except Exception as e:  # as in load_causal_lm
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PresetError(f"cannot load the tokenizer of preset {preset!r}: {message}") from e
+
+
 def save_preset(causal_lm, folder, cfg=None) -> Path:
     """Saves backbone, tokenizer, preprocessor and task to `folder`, replacing it atomically;
     with `cfg`, the run's resolved config goes beside them as config.yaml."""
