@@ -6,7 +6,9 @@ One run measures, side by side on the same machine:
     the real GPT-2 tokenizer; or `--preset`) on the bundled corpus, for each sequence length:
     packed windows (`data.packing: true`) against one example per row (padded), so the
     "useful tokens/s" column counts only real target tokens;
-  - the same packed steps under MirroredStrategy over 2 logical CPU devices.
+  - the same packed steps under MirroredStrategy over 2 logical CPU devices;
+  - the token cache on generated 10 MB and 100 MB corpora (`corpus_scale.py`): first
+    tokenization, reuse, and the peak RSS of training steps read from disk.
 MFU = useful tokens/s x (6 N + 12 L d T) / peak, N parameters, L layers, d width, T sequence.
 Prints a Markdown table and writes JSON; no pass/fail: the machine is shared and noisy.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 import keras_hub
 import tensorflow as tf
 
-from pipeline.bench import gpt2_base
+from pipeline.bench import corpus_scale, gpt2_base
 from pipeline.config import PROJECT_ROOT, DataConfig
 from pipeline.fsutil import write_json
 from pipeline.report import write_benchmark
@@ -65,13 +67,12 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
         causal_lm.preprocessor = None
         compile_lm(causal_lm, make_optimizer(1e-4, steps + 1, 0.0, 0.0), placement.replicas)
     epochs = 1 + (steps + 1) * batch // max(1, len(split))
-    batches = list(training_batches(split, batch, 0, 0, epochs)
-                   .take(steps + 1))
+    batches = list(training_batches(split, batch, 0, 0, epochs).take(steps + 1))
     times, useful = [], []
     for x, y, w in batches:
         times.append(_timed(lambda: causal_lm.train_on_batch(x, y, sample_weight=w)))
         useful.append(float(w.numpy().sum()))
-    length = int(split.y.shape[1])
+    length = int(batches[0][1].shape[1])
     rates = [u / t for u, t in zip(useful[1:], times[1:])]
     return {"distribution": placement.kind, "replicas": placement.replicas, "batch": batch,
             "sequence_length": length, "steps": steps, "first_step_seconds": times[0],
@@ -160,10 +161,18 @@ def main(argv) -> int:
     parser.add_argument("--batch", type=int, default=2, help="global batch (even: 2 replicas)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row")
     parser.add_argument("--data", default=str(PROJECT_ROOT / "configs/data/kitchen_notes.txt"))
+    parser.add_argument("--corpus-mb", default="10,100",
+                        help="sizes of the generated corpora for the token-cache rows ('' = none)")
     args = parser.parse_args(argv)
     result = bench_finetune(args.preset, [int(n) for n in args.lengths.split(",")], args.batch,
                             args.steps, Path(args.data))
     table = markdown_table(result)
+    sizes = [int(n) for n in args.corpus_mb.split(",") if n.strip()]
+    if sizes:
+        print("Token cache on generated corpora ...")
+        result["corpus"] = corpus_scale.bench_corpus(sizes, args.preset, batch=args.batch,
+                                                      steps=args.steps)
+        table += "\n" + corpus_scale.markdown_table(result["corpus"])
     write_benchmark(args.out, "finetune", result, table)
     return 0
 

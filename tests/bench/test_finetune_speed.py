@@ -11,7 +11,7 @@ from conftest import ROOT
 def test_bench_finetune_reports_packed_rows_and_mirrored_rows(tiny_preset, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "bench", "finetune", "--preset", str(tiny_preset),
-         "--lengths", "32", "--batch", "4", "--steps", "2", "--out", str(tmp_path)],
+         "--lengths", "32", "--batch", "4", "--steps", "2", "--out", str(tmp_path), "--corpus-mb", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={k: v for k, v in os.environ.items() if k != "GPT2_PIPELINE_CPU_DEVICES"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -28,3 +28,7 @@ def test_bench_finetune_reports_packed_rows_and_mirrored_rows(tiny_preset, tmp_p
     assert packed["flops_per_token"] == rows_["flops_per_token"]
     table = (tmp_path / "finetune.md").read_text()
     assert "| 32 | packed | none (1) |" in table and "| 32 | packed | mirrored (2) |" in table
+    corpus = result["corpus"][0]
+    assert corpus["tokenize"]["tokens"] == corpus["reuse"]["tokens"] > 100_000  # ~1 MB of text
+    assert corpus["train"]["windows"] > 0 and corpus["train"]["peak_rss_mb"] > 0
+    assert "| first tokenization s |" in table
