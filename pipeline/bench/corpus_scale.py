@@ -27,6 +27,7 @@ from pipeline.config import PROJECT_ROOT, DataConfig
 from pipeline.fsutil import write_json
 from pipeline.train.embedded_base import python_text
 from pipeline.train.loop import compile_lm, make_optimizer, training_batches
+from pipeline.train.presets import load_tokenizer
 from pipeline.train.token_cache import open_corpus
 
 MB = 1 << 20
@@ -88,8 +89,10 @@ def _child(step: str, spec: dict) -> dict:
 
 def run_step(step: str, spec: dict) -> dict:
     """One step, in this process (a child of `bench_corpus`)."""
-    causal_lm = gpt2_base.causal_lm(spec["preset"])  # GPT-2 base shape unless --preset
-    tokenizer = causal_lm.preprocessor.tokenizer
+    preset = spec["preset"]  # else the GPT-2 base shape and the real GPT-2 tokenizer
+    causal_lm = gpt2_base.causal_lm(preset) if step == "train" else None
+    tokenizer = (causal_lm.preprocessor.tokenizer if causal_lm else
+                 load_tokenizer(preset) if preset else gpt2_base.gpt2_tokenizer())
     started = time.perf_counter()
     corpus = open_corpus(DataConfig(path=spec["data"]), tokenizer, verbose=step == "tokenize",
                          root=spec["cache"])

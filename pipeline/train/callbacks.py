@@ -75,10 +75,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.keep = keep
 
     def on_epoch_end(self, epoch, logs=None):
+        self.save(self.model, epoch)
+
+    def save(self, model, epoch: int) -> None:
+        """Saves the checkpoint after `epoch` (0-based); also called by `strategy_loop`."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:03d}.weights.h5"
         with atomic_file(self.directory / name, suffix=".weights.h5") as tmp:
-            self.model.save_weights(str(tmp))
+            model.save_weights(str(tmp))
         write_json(self.directory / "latest.json", {
             "epoch": epoch + 1, "weights": name, "state": self.state() if self.state else {},
         })

@@ -36,6 +36,7 @@ from pipeline.report import plot_perplexities
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import tqdm
 from pipeline.train.distribution import place
+from pipeline.train.strategy_loop import sharded_by_data
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
 from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
@@ -137,8 +138,8 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
         per_replica = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    data = iter(strategy.experimental_distribute_dataset(
-        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs)))
+    data = iter(strategy.experimental_distribute_dataset(sharded_by_data(
+        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs))))
     losses = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
     for _ in range(total):

@@ -1,14 +1,14 @@
 """Where training runs: a tf.distribute strategy and a dtype policy, for fine-tuning and
 distillation alike (`finetune.distribution`, `finetune.precision`).
 
-Strategies are TensorFlow's own; Keras's `fit` runs under them unchanged:
+Strategies are TensorFlow's own; Keras's `fit` runs under them unchanged, but multi_worker:
   auto          TPUStrategy when a TPU is attached (Colab TPU), MirroredStrategy when more
                 than one GPU is visible, else the default strategy (one device);
   none          the default strategy;
   mirrored      MirroredStrategy over the visible GPUs, or over the logical CPU devices when
                 there is no GPU (how the tests run it on one machine);
-  multi_worker  MultiWorkerMirroredStrategy over the workers TF_CONFIG names: checked, then
-                refused with a one-line error (Keras 3's fit fails under it; see below);
+  multi_worker  MultiWorkerMirroredStrategy over the workers TF_CONFIG names (each worker
+                runs the same command; fine-tuning then uses `strategy_loop`, not `fit`);
   tpu           TPUStrategy; an error when no TPU is attached.
 `batch_size` is the global batch: each of the N replicas gets batch_size / N examples.
 
@@ -45,12 +45,17 @@ class Placement:
     replicas: int
     per_replica_batch: int
 
+    @property
+    def name(self) -> str:  # TensorFlow's class behind MultiWorkerMirroredStrategy is
+        return ("MultiWorkerMirroredStrategy"  # CollectiveAllReduceStrategy: say the API name
+                if self.kind == Distribution.MULTI_WORKER.value else type(self.strategy).__name__)
+
     def describe(self) -> dict:
-        return {"strategy": type(self.strategy).__name__, "distribution": self.kind,
+        return {"strategy": self.name, "distribution": self.kind,
                 "replicas": self.replicas, "per_replica_batch": self.per_replica_batch}
 
     def line(self) -> str:
-        return (f"distribution: {self.kind} ({type(self.strategy).__name__}), "
+        return (f"distribution: {self.kind} ({self.name}), "
                 f"{self.replicas} replica(s), {self.per_replica_batch} examples per replica")
 
 
@@ -107,12 +112,9 @@ def _strategy(kind: Distribution) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if kind == Distribution.MULTI_WORKER:
         _check_tf_config()
-        # Keras 3's fit fails under MultiWorkerMirroredStrategy (it reduces scalar step outputs
-        # along axis 0: tensorflow/tensorflow#72388, reproduced here with two workers on
-        # 127.0.0.1); fine-tuning needs its own strategy.run loop first.
-        raise ConfigError("finetune.distribution: multi_worker is not available yet: Keras 3's "
-                          "fit fails under MultiWorkerMirroredStrategy (tensorflow/tensorflow"
-                          "#72388); use mirrored on one machine")
+        # Keras 3's fit fails under this strategy (tensorflow/tensorflow#72388): fine-tuning
+        # runs `strategy_loop.fit_under_strategy` instead; distillation's loop is its own.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if not tpu_attached():
         raise ConfigError("finetune.distribution: tpu, but no TPU is attached (Colab: Runtime > "
                           "Change runtime type > TPU); use auto or none")

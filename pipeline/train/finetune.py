@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 
 from pipeline import config as config_lib
-from pipeline.config import RunConfig
+from pipeline.config import Distribution, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json, write_text
 from pipeline.train.presets import load_causal_lm, load_tokenizer, save_preset
@@ -33,7 +33,8 @@ from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
                                       restore_checkpoint)
 from pipeline.train.data import describe
-from pipeline.train.distribution import place, policy
+from pipeline.train.distribution import Placement, place, policy
+from pipeline.train.strategy_loop import fit_under_strategy
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import evaluate
 from pipeline.train.loop import (compile_lm, evaluation_batches, make_optimizer, plan_steps,
@@ -73,7 +74,7 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
 
     started = time.time()
     with placement.strategy.scope():
-        history = _train(causal_lm, train, val, cfg, folder, verbose, placement.replicas)
+        history = _train(causal_lm, train, val, cfg, folder, verbose, placement)
     train_seconds = time.time() - started
 
     log("Evaluating after fine-tuning ...")
@@ -107,7 +108,7 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
 
 
 def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bool,
-           replicas: int = 1) -> dict:
+           placement: Placement) -> dict:
     """Trains `causal_lm` in place, resuming from a checkpoint; returns the loss history."""
     ft, ev = cfg.finetune, cfg.eval
     if ft.lora_rank:
@@ -115,29 +116,37 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     steps_per_epoch, epochs, total = plan_steps(len(train), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay), replicas)
+                                         ft.weight_decay), placement.replicas)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
     done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
     if done_epochs and verbose:
         print(f"Resuming from the checkpoint after epoch {done_epochs} in {checkpoints}")
     logger = StepLossLogger(history)
+    checkpoint = EpochCheckpoint(checkpoints, state=logger.state)
+    if done_epochs >= epochs or int(causal_lm.optimizer.iterations.numpy()) >= total:
+        return logger.state()
+    if placement.kind == Distribution.MULTI_WORKER.value:  # Keras fit fails under it
+        fit_under_strategy(causal_lm, train, val, placement.strategy, batch_size=ft.batch_size,
+                           seed=ft.seed, eval_batch_size=ev.batch_size, first_epoch=done_epochs,
+                           epochs=epochs, steps_per_epoch=steps_per_epoch, total=total,
+                           checkpoint=checkpoint, logger=logger, verbose=verbose)
+        return logger.state()
     callbacks = [
         logger,
         StopAtStep(total),
-        EpochCheckpoint(checkpoints, state=logger.state),
+        checkpoint,
         keras.callbacks.TensorBoard(str(folder.finetune / "tensorboard"), update_freq="epoch"),
     ]
     if verbose:
         callbacks.append(ProgressBar(total, "fine-tuning"))
-    if done_epochs < epochs and int(causal_lm.optimizer.iterations.numpy()) < total:
-        with preprocessor_detached(causal_lm):
-            causal_lm.fit(
-                training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs),
-                validation_data=evaluation_batches(val, ev.batch_size),
-                validation_steps=-(-len(val.y) // ev.batch_size),
-                steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=done_epochs,
-                callbacks=callbacks, verbose=0, shuffle=False,
-            )
+    with preprocessor_detached(causal_lm):
+        causal_lm.fit(
+            training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs),
+            validation_data=evaluation_batches(val, ev.batch_size),
+            validation_steps=-(-len(val.y) // ev.batch_size),
+            steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=done_epochs,
+            callbacks=callbacks, verbose=0, shuffle=False,
+        )
     return logger.state()
 
 

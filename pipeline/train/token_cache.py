@@ -158,8 +158,9 @@ def _write_shard(path: Path, shard: Path, cfg: DataConfig, tokenizer, bar) -> No
             for first in range(0, len(examples), CHUNK_EXAMPLES):
                 rows = _token_ids(tokenizer, examples[first:first + CHUNK_EXAMPLES])
                 np.asarray([t for row in rows for t in (*row, end)], dtype).tofile(out)
+                before = size * len(lengths) // len(examples)
                 lengths += [len(row) + 1 for row in rows]
-                bar.update(size * len(rows) / len(examples))  # bytes, pro rata
+                bar.update(size * len(lengths) // len(examples) - before)  # bytes, pro rata
         np.save(tmp / "starts.npy", np.cumsum([0] + lengths, dtype="int64"))
         (tmp / "meta.json").write_text(json.dumps({
             "path": str(path.resolve()), "examples": len(examples),

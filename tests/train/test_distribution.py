@@ -5,10 +5,12 @@ Multi-device runs use logical CPU devices ($GPT2_PIPELINE_CPU_DEVICES): no GPU o
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -117,12 +119,45 @@ def test_mirrored_over_two_cpu_devices_gives_the_one_device_losses(config, tmp_p
     np.testing.assert_allclose(two, one, rtol=LOSS_RTOL)
 
 
-def test_multi_worker_is_refused_in_one_line_until_fit_supports_it(monkeypatch):
-    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
-                                                "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(ConfigError, match=r"multi_worker is not available yet: .*#72388"):
-        place("multi_worker", 16)
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_train_to_the_same_weights(config, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    workers = [finetune_cli(config, tmp_path / f"worker{i}", "finetune.distribution=multi_worker",
+                            "finetune.max_steps=4", wait=False,
+                            env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                          "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-2000:]
+        assert "multi_worker (MultiWorkerMirroredStrategy), 2 replica(s), 2 examples" in out
+    losses = [step_losses(tmp_path / f"worker{i}") for i in range(2)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]  # the all-reduced global loss
+    weights = []
+    for i in range(2):
+        with h5py.File(tmp_path / f"worker{i}" / "finetune" / "preset" / "model.weights.h5") as f:
+            arrays = []
+            f.visititems(lambda name, obj: arrays.append((name, obj[()]))
+                         if isinstance(obj, h5py.Dataset) else None)
+            weights.append(dict(arrays))
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 10
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(value, weights[1][name], err_msg=name)
+    metrics = json.loads((tmp_path / "worker1" / "metrics.json").read_text())["finetune"]
+    assert metrics["distribution"]["strategy"] == "MultiWorkerMirroredStrategy"
+    assert metrics["after"]["val_perplexity"] < metrics["before"]["val_perplexity"]
+
+
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="TF_CONFIG is not valid JSON"):
         place("multi_worker", 16)
