@@ -1,0 +1,98 @@
+"""The engines `bench litertlm` measures the bundle against, run as their users run them.
+
+  llama.cpp   `llama-bench` (built outside the project: ../shared/anchors/llamacpp.sh), on
+              GGUF files of the same shape: prefill at each prompt length, decode, peak RSS;
+  litert-lm   `litert-lm benchmark`, LiteRT-LM's own command-line tool (PyPI `litert-lm`),
+              on our bundle: what users of the runtime will run first.
+Both run as child processes; their peak RSS is their own VmHWM (`run_measured`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LITERT_LM = Path(sys.executable).with_name("litert-lm")
+
+
+def run_measured(args: list[str], capture: bool = True) -> tuple[str, int, float]:
+    """Runs `args`; returns (stdout, exit status, peak RSS MB of the child); with `capture`
+    false the child prints to this process's output and "" is returned.
+
+    The peak is the child's own VmHWM, polled from /proc while it runs: the kernel's
+    `ru_maxrss` would count the parent's RSS at fork time as well.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        child = subprocess.Popen(args, stdout=out if capture else None,
+                                 stderr=subprocess.DEVNULL if capture else None, text=True)
+        peak = 0.0
+        while child.poll() is None:
+            peak = max(peak, _vm_hwm_mb(child.pid))
+            time.sleep(0.05)
+        out.seek(0)
+        return out.read(), child.returncode, peak
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # exited between poll and read
+        return 0.0
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def quantization_of(gguf: Path) -> str:
+    """Q8_0 -> int8, Q4_0 -> int4, F16 -> fp16: the bundle mode it is compared with."""
+    match = re.search(r"(Q(\d)_\w+|F16|F32)", gguf.name, re.IGNORECASE)
+    if not match:
+        return "unknown"
+    tag = match.group(1).upper()
+    return {"F16": "fp16", "F32": "none"}.get(tag, f"int{match.group(2)}" if match.group(2)
+                                                else "unknown")
+
+
+def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_tokens: int,
+                repeats: int = 3) -> dict:
+    """Returns llama.cpp's prefill tokens/s per prompt length, decode tokens/s, file MB and
+    the peak RSS of a run of `llama-bench` (mean of `repeats` repetitions, as it reports)."""
+    args = [str(binary), "-m", str(gguf), "-t", str(threads), "-p",
+            ",".join(map(str, prompt_lengths)), "-n", str(new_tokens), "-r", str(repeats),
+            "-o", "json"]
+    out, status, rss = run_measured(args)
+    if status:
+        raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
+    records = json.loads(out)
+    result = {"engine": "llama.cpp", "file": gguf.name, "quantization": quantization_of(gguf),
+              "file_mb": gguf.stat().st_size / 1e6, "peak_rss_mb": rss, "prefill_tps": {}}
+    for r in records:
+        if r.get("n_prompt") and not r.get("n_gen"):
+            result["prefill_tps"][str(r["n_prompt"])] = float(r["avg_ts"])
+        elif r.get("n_gen") and not r.get("n_prompt"):
+            result["decode_tps"] = float(r["avg_ts"])
+            result["build"] = r.get("build_commit", "")
+    return result
+
+
+def litert_lm_benchmark(bundle: Path, threads: int, prefill_tokens: int, decode_tokens: int,
+                        context: int, runs: int = 3) -> dict:
+    """Returns what `litert-lm benchmark` prints (its mean over `runs`, after a warm-up)."""
+    args = [str(LITERT_LM), "benchmark", str(bundle), "--backend", "cpu",
+            "--cpu-thread-count", str(threads), "-p", str(prefill_tokens),
+            "-d", str(decode_tokens), "--max-num-tokens", str(context), "--runs", str(runs)]
+    out, status, rss = run_measured(args)
+    values = dict(re.findall(r"^(Prefill speed|Decode speed|Init time|Time to first token):"
+                             r"\s+([\d.]+)", out, re.MULTILINE))
+    if status or len(values) < 4:
+        raise SystemExit(f"litert-lm benchmark failed (status {status}): "
+                         f"{out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+    return {"prefill_tokens": prefill_tokens, "decode_tokens": decode_tokens,
+            "prefill_tps": float(values["Prefill speed"]),
+            "decode_tps": float(values["Decode speed"]),
+            "init_s": float(values["Init time"]), "ttft_s": float(values["Time to first token"]),
+            "peak_rss_mb": rss}
