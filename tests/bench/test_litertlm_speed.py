@@ -1,0 +1,68 @@
+"""`bench litertlm` against llama.cpp: reading llama-bench, ratios, targets, the table.
+
+llama.cpp is built outside the project (../shared/anchors/llamacpp.sh, 8 minutes), so a
+stand-in script prints what `llama-bench -o json` prints (the fields we read, as llama.cpp
+0.3.36's llama-bench writes them)."""
+
+import sys
+
+import pytest
+
+from pipeline.bench import yardsticks
+from pipeline.bench.litertlm_speed import against_llama_cpp, markdown
+
+RECORDS = [{"model_filename": "m.gguf", "n_prompt": 32, "n_gen": 0, "avg_ts": 640.0,
+            "build_commit": "0c1e570"},
+           {"model_filename": "m.gguf", "n_prompt": 128, "n_gen": 0, "avg_ts": 700.0,
+            "build_commit": "0c1e570"},
+           {"model_filename": "m.gguf", "n_prompt": 0, "n_gen": 64, "avg_ts": 160.0,
+            "build_commit": "0c1e570"}]
+
+
+@pytest.fixture
+def fake_llama_bench(tmp_path):
+    script = tmp_path / "llama-bench"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                      f"assert sys.argv[sys.argv.index('-p') + 1] == '32,128'\n"
+                      f"print(json.dumps({RECORDS!r}))\n")
+    script.chmod(0o755)
+    gguf = tmp_path / "gpt2-124M-random-Q8_0.gguf"
+    gguf.write_bytes(b"\0" * 1000)
+    return script, gguf
+
+
+def bundle(prefill32, prefill128, decode, cli_decode, rss=120.0, file_mb=129.9):
+    run = {"prefill_tps": 0.0, "decode_tps": 0.0}
+    ours = {"32": {**run, "prefill_tps": prefill32, "decode_tps": decode},
+            "128": {**run, "prefill_tps": prefill128, "decode_tps": decode}}
+    cli = {n: {"prefill_tps": ours[n]["prefill_tps"], "decode_tps": cli_decode, "init_s": 0.1,
+               "peak_rss_mb": rss} for n in ours}
+    return {"file_mb": file_mb, "peak_rss_mb": 800.0, "first_launch_seconds": 9.0,
+            "first_launch_rss_mb": 850.0, "ours": ours, "litert_lm_benchmark": cli}
+
+
+def test_llama_bench_is_read_per_prompt_length(fake_llama_bench):
+    script, gguf = fake_llama_bench
+    row = yardsticks.llama_bench(script, gguf, 2, (32, 128), 64)
+    assert row["quantization"] == "int8" and row["file_mb"] == pytest.approx(0.001)
+    assert row["prefill_tps"] == {"32": 640.0, "128": 700.0} and row["decode_tps"] == 160.0
+    assert row["peak_rss_mb"] > 0
+    assert yardsticks.quantization_of(gguf.with_name("x-Q4_0.gguf")) == "int4"
+
+
+def test_ratios_and_targets_are_against_llama_cpp(fake_llama_bench):
+    script, gguf = fake_llama_bench
+    result = {"model": "m", "threads": 2, "context": 1024, "new_tokens": 64,
+              "read_bandwidth_gbs": 30.0,
+              "bundles": {"int8": bundle(320.0, 770.0, 176.0, cli_decode=140.0)},
+              "llama_cpp": [yardsticks.llama_bench(script, gguf, 2, (32, 128), 64)]}
+    ratios, meets = against_llama_cpp(result)
+    ours = ratios["bundle int8, bench litertlm"]
+    assert ours == pytest.approx({"prefill_32": 0.5, "prefill_128": 1.1, "decode": 1.1})
+    assert meets["int8 vs Q8_0: decode and prefill >= 1.0x"] is False  # prefill 32 is 0.5x
+    assert meets["litert-lm benchmark int8 decode >= 150 tokens/s"] is False
+    assert meets["int8 litert-lm peak RSS <= 250 MB at context 1024"] is True
+    result["ratios"], result["meets"] = ratios, meets
+    table = markdown(result)
+    assert "| llama.cpp Q8_0 | 0.0 | 640 | 700 | 160.0 |" in table
+    assert "| bundle int8, bench litertlm | 129.9 | 320 | 770 | 176.0 | 800 | 0.50x / 1.10x / 1.10x |" in table
