@@ -12,9 +12,6 @@ RSS is that step's alone:
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bench import gpt2_base
-from pipeline.config import PROJECT_ROOT, DataConfig
+from pipeline.bench.child import json_step
+from pipeline.config import DataConfig
 from pipeline.fsutil import write_json
 from pipeline.train.embedded_base import python_text
 from pipeline.train.loop import compile_lm, make_optimizer, training_batches
@@ -53,7 +51,7 @@ def bench_corpus(sizes, preset=None, length: int = 256, batch: int = 2, steps: i
                     "length": length, "batch": batch, "steps": steps, "preset": preset}
             row = {"corpus_mb": round(data.stat().st_size / MB, 1)}
             for step in ("tokenize", "reuse", "train"):
-                row[step] = _child(step, spec)
+                row[step] = json_step("pipeline.bench.corpus_scale", [step, json.dumps(spec)])
             rows.append(row)
             print(f"  {row['corpus_mb']} MB: " + ", ".join(
                 f"{k} {v.get('seconds', 0):.1f}s {v.get('peak_rss_mb', 0):.0f} MB"
@@ -68,23 +66,13 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         t, u, s = r["tokenize"], r["reuse"], r["train"]
         if any("failed" in v for v in (t, u, s)):
-            lines.append(f"| {r['corpus_mb']} MB | failed: {t.get('failed') or u.get('failed') or s.get('failed')} | | | | | |")
+            why = next(v["failed"] for v in (t, u, s) if "failed" in v)
+            lines.append(f"| {r['corpus_mb']} MB | failed: {why} | | | | | |")
             continue
         lines.append(f"| {r['corpus_mb']} MB | {t['tokens']:,} | {t['seconds']:.1f} | "
                      f"{t['peak_rss_mb']:.0f} MB | {u['seconds']:.2f} | "
                      f"{s['seconds_per_step']:.1f} | {s['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"
-
-
-def _child(step: str, spec: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "row.json"
-        proc = subprocess.run([sys.executable, "-m", "pipeline.bench.corpus_scale", step,
-                               json.dumps(spec), str(out)], cwd=PROJECT_ROOT, env=os.environ)
-        if proc.returncode == 0 and out.is_file():
-            return json.loads(out.read_text())
-    return {"failed": "killed (out of memory?)" if proc.returncode == -9 else
-            f"exit status {proc.returncode}"}
 
 
 def run_step(step: str, spec: dict) -> dict:
@@ -111,8 +99,7 @@ def run_step(step: str, spec: dict) -> dict:
             causal_lm.train_on_batch(x, y, sample_weight=w)
             times.append(time.perf_counter() - started)
         out.update(seconds_per_step=min(times[1:]), windows=len(train))
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
+    return out  # its peak RSS is measured from outside (`child.json_step`)
 
 
 if __name__ == "__main__":  # STEP SPEC_JSON OUT_FILE

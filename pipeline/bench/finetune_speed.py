@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import keras_hub
 import tensorflow as tf
 
 from pipeline.bench import corpus_scale, gpt2_base
+from pipeline.bench.child import json_step
 from pipeline.config import PROJECT_ROOT, DataConfig
 from pipeline.fsutil import write_json
 from pipeline.report import write_benchmark
@@ -107,17 +105,11 @@ def bench_finetune(preset, lengths, batch: int, steps: int, data_path: Path) -> 
 
 
 def _row_in_child(spec: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "row.json"
-        proc = subprocess.run([sys.executable, "-m", "pipeline.bench.finetune_speed",
-                               json.dumps(spec), str(out)], cwd=PROJECT_ROOT,
-                              env={**os.environ, CPU_DEVICES: "2"})
-        if proc.returncode == 0 and out.is_file():
-            return json.loads(out.read_text())
-    why = ("killed (out of memory?)" if proc.returncode == -9 else
-           f"failed with exit status {proc.returncode}")
-    return {"sequence_length": spec["length"], "packing": spec["packing"],
-            "distribution": spec["distribution"], "batch": spec["batch"], "failed": why}
+    row = json_step("pipeline.bench.finetune_speed", [json.dumps(spec)], env={CPU_DEVICES: "2"})
+    if "failed" in row:
+        row.update(sequence_length=spec["length"], packing=spec["packing"],
+                   distribution=spec["distribution"], batch=spec["batch"])
+    return row
 
 
 def measure_row(spec: dict) -> dict:

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.bench import gpt2_base, yardsticks
+from pipeline.bench.child import run_measured
 from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
                                       write_tokenizer_files)
 from pipeline.report import write_benchmark
@@ -116,9 +117,8 @@ def run_child(*args) -> tuple[float, float]:
     """Runs `python -m pipeline.bench.litertlm_speed ARGS`; returns (seconds, peak RSS MB:
     the child's own, which includes Python and the TensorFlow import)."""
     started = time.time()
-    _, status, peak = yardsticks.run_measured([sys.executable, "-m",
-                                               "pipeline.bench.litertlm_speed", *map(str, args)],
-                                              capture=False)
+    _, status, peak = run_measured([sys.executable, "-m", "pipeline.bench.litertlm_speed",
+                                    *map(str, args)], capture=False)
     if status != 0:
         raise SystemExit(f"benchmark step {args[0]} failed (status {status})")
     return time.time() - started, peak
@@ -176,7 +176,7 @@ def bench(out_dir: Path, preset: str | None, modes, threads: int, new_tokens: in
         print(f"running llama-bench on {gguf.name} ...", flush=True)
         result["llama_cpp"].append(yardsticks.llama_bench(llama_bench, gguf, threads, lengths,
                                                           new_tokens))
-    # last: a child's peak RSS counts its parent's at fork time, and this reads 512 MB
+    # last: it holds 512 MB while the engines run in children
     result["read_bandwidth_gbs"] = read_bandwidth_gbs()
     result["ratios"], result["meets"] = against_llama_cpp(result)
     return result

@@ -4,47 +4,19 @@
               GGUF files of the same shape: prefill at each prompt length, decode, peak RSS;
   litert-lm   `litert-lm benchmark`, LiteRT-LM's own command-line tool (PyPI `litert-lm`),
               on our bundle: what users of the runtime will run first.
-Both run as child processes; their peak RSS is their own VmHWM (`run_measured`).
+Both run as child processes; their peak RSS is their own (`child.run_measured`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+from pipeline.bench.child import run_measured
+
 LITERT_LM = Path(sys.executable).with_name("litert-lm")
-
-
-def run_measured(args: list[str], capture: bool = True) -> tuple[str, int, float]:
-    """Runs `args`; returns (stdout, exit status, peak RSS MB of the child); with `capture`
-    false the child prints to this process's output and "" is returned.
-
-    The peak is the child's own VmHWM, polled from /proc while it runs: the kernel's
-    `ru_maxrss` would count the parent's RSS at fork time as well.
-    """
-    with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen(args, stdout=out if capture else None,
-                                 stderr=subprocess.DEVNULL if capture else None, text=True)
-        peak = 0.0
-        while child.poll() is None:
-            peak = max(peak, _vm_hwm_mb(child.pid))
-            time.sleep(0.05)
-        out.seek(0)
-        return out.read(), child.returncode, peak
-
-
-def _vm_hwm_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # exited between poll and read
-        return 0.0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else 0.0
 
 
 def quantization_of(gguf: Path) -> str:

@@ -92,8 +92,7 @@ def load_causal_lm(preset: str, dtype: str | None = None):
     except PresetError:
         raise
     except Exception as e:  # keras-hub raises many kinds; name the preset and the cause
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PresetError(f"cannot load preset {preset!r}: {message}") from e
+        raise PresetError(f"cannot load preset {preset!r}: {_cause(e)}") from e
 
 
 def load_tokenizer(preset: str):
@@ -102,8 +101,13 @@ def load_tokenizer(preset: str):
     try:
         return keras_hub.models.GPT2Tokenizer.from_preset(source)
     except Exception as e:  # as in load_causal_lm
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PresetError(f"cannot load the tokenizer of preset {preset!r}: {message}") from e
+        raise PresetError(f"cannot load the tokenizer of preset {preset!r}: {_cause(e)}") from e
+
+
+def _cause(error: Exception) -> str:
+    """The first line of an exception's message, else its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def save_preset(causal_lm, folder, cfg=None) -> Path:
