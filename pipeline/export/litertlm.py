@@ -200,8 +200,9 @@ def build_bundle(model_path: Path, tokenizer_json: Path, metadata: str, out_path
                                                 dtype=lb.DType.STRING))
         builder.add_llm_metadata(str(meta_path))
         builder.add_hf_tokenizer(str(tokenizer_json))
+        # fp32 activations by default (the runtime's default is fp16): what verification ran
         builder.add_tflite_model(str(model_path), lb.TfLiteModelType.PREFILL_DECODE,
-                                 backend_constraint="cpu")
+                                 backend_constraint="cpu", prefer_activation_type="fp32")
         with open(out_path, "wb") as f:
             builder.build(f, validate_metadata=True)
 
