@@ -1,0 +1,20 @@
+"""Our own passes over a bundle: a child process holding the runtime only, filling the context."""
+
+from pipeline.bench.child import json_step
+from pipeline.bench.litertlm_speed import child_export
+
+
+def test_passes_fill_the_context_in_a_process_without_tensorflow(tiny_preset, tmp_path):
+    child_export(str(tmp_path), str(tiny_preset), "int8", 96, lengths=(8, 16))
+    run = json_step("pipeline.bench.bundle_passes", [str(tmp_path), "2", "8", "96"])
+    assert set(run["passes"]) == {"8", "16"}, run
+    for n, best in run["passes"].items():
+        assert best["prefill_tokens"] == int(n) + 1  # + the start token
+        assert 1 <= best["decode_tokens"] <= 8 and best["decode_tps"] > 0
+    assert 17 < run["full_context"]["tokens"] <= 96
+    memory = run["memory_mb"]
+    assert memory["runtime_library"] > 10 and memory["packed_weights"] > 0
+    assert sum(memory.values()) <= run["peak_rss_mb"] + 1
+    # importing TensorFlow alone takes about 580 MB: this child must hold the runtime only
+    assert run["peak_rss_mb"] < 250
+    assert (tmp_path / "cache").is_dir() and run["init_s"] > 0
