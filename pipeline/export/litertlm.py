@@ -26,9 +26,10 @@ from pathlib import Path
 import litert_lm_builder as lb
 import tensorflow as tf
 
-from pipeline.config import RunConfig, dump_yaml
+from pipeline.config import Quantization, RunConfig, dump_yaml
 from pipeline.errors import ConfigError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
+from pipeline.export.half_cache import half_cache
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
 from pipeline.export.tflite import check_size, convert_saved_model, quantize, tie_embedding
@@ -145,13 +146,18 @@ def plan_shapes(cfg: RunConfig, max_positions: int) -> tuple[int, list[int]]:
 
 
 def streaming_tflite(weights, context: int, lengths, quantization: str):
-    """Returns (flatbuffer, weight bytes) of the prefill/decode model, builtin ops only."""
+    """Returns (flatbuffer, weight bytes) of the prefill/decode model, builtin ops only.
+
+    Quantized modes get a float16 KV cache (`half_cache.py`: half the cache memory, faster
+    decode over long texts); fp32 keeps a float32 cache, token-exact with Keras."""
     module = StreamingModel(GPT2Graph(weights), context, lengths)
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         float_model = convert_saved_model(tmp, select_tf_ops=False)
     float_model, _ = tie_embedding(float_model)
     check_size(float_model, weights.count(), "none")
+    if Quantization(quantization) != Quantization.NONE:
+        float_model = half_cache(float_model)
     model = quantize(float_model, quantization)
     return model, check_size(model, weights.count(), quantization)
 
@@ -213,7 +219,8 @@ def bundle_readme(stem: str, quantization: str, context: int, lengths) -> str:
 
 - `{stem}.litertlm`: what apps load (model, tokenizer, metadata); runtime LiteRT-LM, CPU.
 - `{stem}.tflite`: the same model bare, builtin ops only; signatures `prefill_<T>` for
-  T in {list(lengths)} and `decode`, over an external KV cache of {context} positions;
+  T in {list(lengths)} and `decode`, over an external KV cache of {context} positions
+  ({"float32" if quantization == "none" else "float16"});
   {quantization} weights.
 - `tokenizer.json` (Hugging Face format, byte-level BPE), `vocab.json`, `merges.txt`,
   `llm_metadata.textproto`: what went into the bundle.

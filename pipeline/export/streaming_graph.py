@@ -4,6 +4,7 @@ This is the contract of the LiteRT-LM runtime (read from its sources, 0.17/0.18)
   inputs   tokens int32 [1, T]; input_pos int32 [T]; mask float32 [1, 1, T, S]
            (0 = attend, large negative = masked; its last dim tells the runtime the
            context size S); kv_cache_k_<i>, kv_cache_v_<i> float32 [1, heads, S, head_dim]
+           (float16 in quantized bundles: `half_cache.py` rewrites the converted model)
   outputs  every cache under the same name (the runtime binds one buffer in and out);
            `decode` (T = 1) also outputs logits float32 [1, 1, V]
 The runtime pads unused prefill slots with token 0 at position 0, so cache writes go
@@ -18,6 +19,13 @@ Example:
 from __future__ import annotations
 
 import tensorflow as tf
+
+# The runtime masks with -0.7 * FLT_MAX. Clamped to this, a masked score still gets
+# exactly zero weight (exp underflows) and the mask stays finite in float16 (half_cache.py):
+# as -inf it made rows that see nothing (the runtime's padding) NaN, and their NaN keys and
+# values poisoned the cache.
+MASKED = -30000.0
+
 
 def cache_names(num_layers: int) -> list[str]:
     names = []
@@ -62,7 +70,7 @@ class StreamingModel(tf.Module):
         out_logits, new = self.graph.forward(
             tf.reshape(inputs["tokens"], [-1]), positions[0], caches,
             logits_for="last" if logits else None, positions=positions,
-            mask=inputs["mask"], visible=positions[0] + t,
+            mask=tf.maximum(inputs["mask"], MASKED), visible=positions[0] + t,
             buckets=self.buckets if t == 1 else self.prefill_buckets(t))
         outputs = dict(zip(self.names, new))
         if logits:

@@ -25,11 +25,12 @@ class StreamingInterpreter:
         details = self.decode.get_input_details()
         self.names = [n for n in details if n.startswith("kv_cache_")]
         self.cache_shape = tuple(details[self.names[0]]["shape"])
+        self.cache_dtype = details[self.names[0]]["dtype"]  # float16 in quantized bundles
         self.context = int(details["mask"]["shape"][-1])
         self.reset()
 
     def reset(self) -> None:
-        self.caches = {n: np.zeros(self.cache_shape, np.float32) for n in self.names}
+        self.caches = {n: np.zeros(self.cache_shape, self.cache_dtype) for n in self.names}
 
     def decode_step(self, token: int, position: int) -> np.ndarray:
         """Feeds one token at `position`; returns its (V,) logits."""
