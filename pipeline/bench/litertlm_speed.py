@@ -163,7 +163,7 @@ def engine_rows(r: dict) -> list[dict]:
              "prefill": g["prefill_tps"], "decode": g.get("decode_tps", 0.0),
              "rss": g["peak_rss_mb"]} for g in r["llama_cpp"]]
     for mode, b in r["bundles"].items():
-        rows.append({"engine": f"bundle {mode}, bench litertlm", "quantization": mode,
+        rows.append({"engine": f"bundle {mode}, our passes", "quantization": mode,
                      "file_mb": b["file_mb"], "rss": b["peak_rss_mb"],
                      "prefill": {n: v["prefill_tps"] for n, v in b["ours"].items()},
                      "decode": b["ours"]["32"]["decode_tps"]})
@@ -192,10 +192,10 @@ def against_llama_cpp(r: dict) -> tuple[dict, dict]:
                                         for n in ref["prefill"] if n in row["prefill"]},
                                      "decode": row["decode"] / ref["decode"]}
     meets = {}
-    ours8, cli8 = ratios.get("bundle int8, bench litertlm"), r["bundles"].get("int8")
+    ours8, cli8 = ratios.get("bundle int8, our passes"), r["bundles"].get("int8")
     if ours8:
         meets["int8 vs Q8_0: decode and prefill >= 1.0x"] = min(ours8.values()) >= 1.0
-    ours4 = ratios.get("bundle int4, bench litertlm")
+    ours4 = ratios.get("bundle int4, our passes")
     if ours4:
         meets["int4 vs Q4_0: decode >= 1.0x at <= 85 MB"] = (
             ours4["decode"] >= 1.0 and r["bundles"]["int4"]["file_mb"] <= 85)

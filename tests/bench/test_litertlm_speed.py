@@ -59,7 +59,7 @@ def test_ratios_and_targets_are_against_llama_cpp(fake_llama_bench):
               "bundles": {"int8": bundle(320.0, 770.0, 176.0, cli_decode=140.0)},
               "llama_cpp": [yardsticks.llama_bench(script, gguf, 2, (32, 128), 64)]}
     ratios, meets = against_llama_cpp(result)
-    ours = ratios["bundle int8, bench litertlm"]
+    ours = ratios["bundle int8, our passes"]
     assert ours == pytest.approx({"prefill_32": 0.5, "prefill_128": 1.1, "decode": 1.1})
     assert meets["int8 vs Q8_0: decode and prefill >= 1.0x"] is False  # prefill 32 is 0.5x
     assert meets["litert-lm benchmark int8 decode >= 150 tokens/s"] is False
@@ -68,5 +68,5 @@ def test_ratios_and_targets_are_against_llama_cpp(fake_llama_bench):
     result["ratios"], result["meets"] = ratios, meets
     table = markdown(result)
     assert "| llama.cpp Q8_0 | 0.0 | 640 | 700 | 160.0 |" in table
-    assert "| bundle int8, bench litertlm | 129.9 | 320 | 770 | 176.0 | 120 | 0.50x / 1.10x / 1.10x |" in table
+    assert "| bundle int8, our passes | 129.9 | 320 | 770 | 176.0 | 120 | 0.50x / 1.10x / 1.10x |" in table
     assert "resident MB at 1023 tokens: packed weights 60, runtime library 59" in table
