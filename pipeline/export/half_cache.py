@@ -35,6 +35,7 @@ def half_cache(flatbuffer: bytes) -> bytes:
     entry = {sig.subgraphIndex for sig in model.signatureDefs}
     for index, sg in enumerate(model.subgraphs):
         if index not in entry:
+            _check_attention_only(model, sg, index)
             _all_half(model, sg)
     for sig in model.signatureDefs:
         sg = model.subgraphs[sig.subgraphIndex]
@@ -47,6 +48,22 @@ def half_cache(flatbuffer: bytes) -> bytes:
 
 def _name(tensor) -> str:
     return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+# What the bucket branches of `GPT2Graph._attend` hold; the only tf.cond in the graph.
+ATTENTION_OPS = {OPS.STRIDED_SLICE, OPS.BATCH_MATMUL, OPS.MUL, OPS.ADD, OPS.SOFTMAX,
+                 OPS.LESS_EQUAL, OPS.IF}
+
+
+def _check_attention_only(model, sg, index: int) -> None:
+    """Refuses to run anything but attention in float16 (a new tf.cond elsewhere in the graph
+    would otherwise be rewritten silently)."""
+    for op in sg.operators:
+        code = _builtin(model.operatorCodes[op.opcodeIndex])
+        if code not in ATTENTION_OPS:
+            name = next((k for k, v in vars(OPS).items() if v == code), str(code))
+            raise ValueError(f"half_cache: subgraph {index} runs {name}, which is not part of "
+                             f"attention; only attention branches may be float16")
 
 
 def _all_half(model, sg) -> None:

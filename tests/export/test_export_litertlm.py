@@ -94,3 +94,20 @@ def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
     with pytest.raises(ConfigError, match="prime above 10"):
         export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[17])
     assert not (tmp_path / "litertlm").exists()
+
+
+def test_half_cache_refuses_a_branch_that_is_not_attention():
+    import tensorflow as tf
+
+    from pipeline.export.half_cache import half_cache
+
+    class Branchy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.int32)])
+        def f(self, x, n):
+            return tf.cond(n > 2, lambda: tf.exp(x), lambda: x * 2.0)
+
+    module = Branchy()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.f.get_concrete_function()], module)
+    with pytest.raises(ValueError, match="not part of attention"):
+        half_cache(converter.convert())
