@@ -41,16 +41,22 @@ def run_measured(args: list[str], capture: bool = True, env: dict | None = None
 
 def json_step(module: str, args: list[str], env: dict | None = None) -> dict:
     """Runs `python -m MODULE ARGS... OUT_FILE`; returns the JSON object the step wrote there
-    plus its "peak_rss_mb", or {"failed": why} (a step killed for memory is reported, not
-    raised, so that one row the machine cannot hold does not end the benchmark)."""
+    plus its "peak_rss_mb" (polled, unless the step wrote its own), or {"failed": why} (a
+    step killed for memory is reported, not raised, so that one row the machine cannot hold
+    does not end the benchmark)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "step.json"
         _, status, peak = run_measured([sys.executable, "-m", module, *args, str(out)],
                                        capture=False, env=env)
-        if status == 0 and out.is_file():
-            return {**json.loads(out.read_text()), "peak_rss_mb": peak}
+        if status == 0 and out.is_file():  # a step may report its own VmHWM at exit: polling
+            return {"peak_rss_mb": peak, **json.loads(out.read_text())}  # misses a last burst
     return {"failed": "killed (out of memory?)" if status == -9 else
             f"failed with exit status {status}"}
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS so far (VmHWM): what a step reports just before it exits."""
+    return _vm_hwm_mb(os.getpid())
 
 
 def _vm_hwm_mb(pid: int) -> float:

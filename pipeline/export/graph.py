@@ -151,7 +151,9 @@ class GPT2Graph(tf.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
 
         def core(k, v, b):
-            scores = tf.matmul(q, k, transpose_b=True) * scale
+            # q scaled first, as Keras does; float16 attention (half_cache.py) then also
+            # keeps its dot products small
+            scores = tf.matmul(q * scale, k, transpose_b=True)
             return tf.matmul(tf.nn.softmax(scores + b, axis=-1), v)
 
         if visible is None:

@@ -7,7 +7,11 @@ float16, which XNNPACK runs as one delegated partition per branch. At the branch
 CAST turns q and the mask to float16 and the result back to float32; before each
 DYNAMIC_UPDATE_SLICE a CAST turns the new keys and values to float16. Attention with a single
 bucket (no branch) reads its cache slice through a CAST to float32. Everything else (the
-weights' matmuls, norms, logits) stays as it was.
+weights' matmuls, norms, logits) stays as it was. A value cast at several call sites (the
+mask, the same for every layer) is cast once per signature.
+
+Float16 BATCH_MATMUL and SOFTMAX run in XNNPACK, which LiteRT-LM's CPU backend always applies
+(the bundle is built for CPU); TFLite's reference kernels have no float16 version of them.
 
 At context 1024 the GPT-2 base cache is 37.7 MB instead of 75.5 MB. Like llama.cpp's default
 f16 cache, it rounds keys and values to float16: used for quantized bundles, whose check is
@@ -22,16 +26,22 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert.tools import flatbuffer_utils as fu
 
-from pipeline.export.tflite import _builtin, _opcode_index
+from pipeline.config import Quantization
+from pipeline.export.tflite import builtin_code, opcode_index, tensor_name
 
 OPS = fu.schema_fb.BuiltinOperator
 TYPES = fu.schema_fb.TensorType
 
 
+def kv_cache_dtype(quantization: str) -> str:
+    """The bundle's KV cache type: float32 for fp32 bundles (token-exact), else float16."""
+    return "float32" if Quantization(quantization) == Quantization.NONE else "float16"
+
+
 def half_cache(flatbuffer: bytes) -> bytes:
     """Returns the model with float16 caches and float16 attention branches."""
     model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
-    cast = _opcode_index(model, OPS.CAST, 1)
+    cast = opcode_index(model, OPS.CAST, 1)
     entry = {sig.subgraphIndex for sig in model.signatureDefs}
     for index, sg in enumerate(model.subgraphs):
         if index not in entry:
@@ -40,14 +50,10 @@ def half_cache(flatbuffer: bytes) -> bytes:
     for sig in model.signatureDefs:
         sg = model.subgraphs[sig.subgraphIndex]
         for io in [*sig.inputs, *sig.outputs]:
-            if _name(io).startswith("kv_cache_"):
+            if tensor_name(io).startswith("kv_cache_"):
                 sg.tensors[io.tensorIndex].type = TYPES.FLOAT16
         _cast_at_boundaries(model, sg, cast)
     return bytes(fu.convert_object_to_bytearray(model))
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
 
 
 # What the bucket branches of `GPT2Graph._attend` hold; the only tf.cond in the graph.
@@ -59,7 +65,7 @@ def _check_attention_only(model, sg, index: int) -> None:
     """Refuses to run anything but attention in float16 (a new tf.cond elsewhere in the graph
     would otherwise be rewritten silently)."""
     for op in sg.operators:
-        code = _builtin(model.operatorCodes[op.opcodeIndex])
+        code = builtin_code(model.operatorCodes[op.opcodeIndex])
         if code not in ATTENTION_OPS:
             name = next((k for k, v in vars(OPS).items() if v == code), str(code))
             raise ValueError(f"half_cache: subgraph {index} runs {name}, which is not part of "
@@ -86,7 +92,7 @@ def _new_tensor(sg, like, dtype, suffix: str) -> int:
     tensor.shapeSignature = like.shapeSignature
     tensor.type = dtype
     tensor.buffer = 0
-    tensor.name = f"{_name(like)}/{suffix}".encode()
+    tensor.name = f"{tensor_name(like)}/{suffix}".encode()
     sg.tensors.append(tensor)
     return len(sg.tensors) - 1
 
@@ -102,31 +108,36 @@ def _cast_op(cast: int, source: int, target: int):
 def _cast_at_boundaries(model, sg, cast: int) -> None:
     """A signature subgraph: CASTs into and out of the float16 caches and branches."""
     operators = []
+    halves: dict[int, int] = {}  # float32 tensor -> its float16 cast, made once
+
+    def as_half(i: int) -> int:
+        if i not in halves:
+            halves[i] = _new_tensor(sg, sg.tensors[i], TYPES.FLOAT16, "half")
+            operators.append(_cast_op(cast, i, halves[i]))
+        return halves[i]
+
     for op in sg.operators:
-        code = _builtin(model.operatorCodes[op.opcodeIndex])
+        code = builtin_code(model.operatorCodes[op.opcodeIndex])
         if code == OPS.DYNAMIC_UPDATE_SLICE:
+            cache = int(op.inputs[0])
+            if sg.tensors[cache].type != TYPES.FLOAT16:
+                raise ValueError(f"half_cache: DYNAMIC_UPDATE_SLICE into "
+                                 f"{tensor_name(sg.tensors[cache])}, which is not a kv_cache_* "
+                                 f"input")
             sg.tensors[int(op.outputs[0])].type = TYPES.FLOAT16
-            sg.tensors[int(op.inputs[0])].type = TYPES.FLOAT16
-            update = int(op.inputs[1])
-            half = _new_tensor(sg, sg.tensors[update], TYPES.FLOAT16, "half")
-            operators.append(_cast_op(cast, update, half))
-            op.inputs = np.array([op.inputs[0], half, *op.inputs[2:]], dtype=np.int32)
+            op.inputs = np.array([cache, as_half(int(op.inputs[1])), *op.inputs[2:]],
+                                 dtype=np.int32)
             operators.append(op)
         elif code == OPS.IF:
-            inputs = [int(i) for i in op.inputs]
-            for k, i in enumerate(inputs[1:], start=1):
-                if sg.tensors[i].type == TYPES.FLOAT32:
-                    half = _new_tensor(sg, sg.tensors[i], TYPES.FLOAT16, "half")
-                    operators.append(_cast_op(cast, i, half))
-                    inputs[k] = half
-            op.inputs = np.array(inputs, dtype=np.int32)
+            op.inputs = np.array([int(op.inputs[0])] + [
+                as_half(int(i)) if sg.tensors[int(i)].type == TYPES.FLOAT32 else int(i)
+                for i in op.inputs[1:]], dtype=np.int32)
             operators.append(op)
             outputs = [int(o) for o in op.outputs]
             for k, o in enumerate(outputs):
                 if sg.tensors[o].type == TYPES.FLOAT32:
-                    half = _new_tensor(sg, sg.tensors[o], TYPES.FLOAT16, "half")
-                    outputs[k] = half
-                    operators.append(_cast_op(cast, half, o))
+                    outputs[k] = _new_tensor(sg, sg.tensors[o], TYPES.FLOAT16, "half")
+                    operators.append(_cast_op(cast, outputs[k], o))
             op.outputs = np.array(outputs, dtype=np.int32)
         else:
             _read_as_float32(sg, op, code, cast, operators)

@@ -26,10 +26,10 @@ from pathlib import Path
 import litert_lm_builder as lb
 import tensorflow as tf
 
-from pipeline.config import Quantization, RunConfig, dump_yaml
+from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
-from pipeline.export.half_cache import half_cache
+from pipeline.export.half_cache import half_cache, kv_cache_dtype
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
 from pipeline.export.tflite import check_size, convert_saved_model, quantize, tie_embedding
@@ -156,7 +156,7 @@ def streaming_tflite(weights, context: int, lengths, quantization: str):
         float_model = convert_saved_model(tmp, select_tf_ops=False)
     float_model, _ = tie_embedding(float_model)
     check_size(float_model, weights.count(), "none")
-    if Quantization(quantization) != Quantization.NONE:
+    if kv_cache_dtype(quantization) == "float16":
         float_model = half_cache(float_model)
     model = quantize(float_model, quantization)
     return model, check_size(model, weights.count(), quantization)
@@ -220,7 +220,7 @@ def bundle_readme(stem: str, quantization: str, context: int, lengths) -> str:
 - `{stem}.litertlm`: what apps load (model, tokenizer, metadata); runtime LiteRT-LM, CPU.
 - `{stem}.tflite`: the same model bare, builtin ops only; signatures `prefill_<T>` for
   T in {list(lengths)} and `decode`, over an external KV cache of {context} positions
-  ({"float32" if quantization == "none" else "float16"});
+  ({kv_cache_dtype(quantization)}; runs on LiteRT-LM's CPU backend, with XNNPACK);
   {quantization} weights.
 - `tokenizer.json` (Hugging Face format, byte-level BPE), `vocab.json`, `merges.txt`,
   `llm_metadata.textproto`: what went into the bundle.

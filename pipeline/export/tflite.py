@@ -39,13 +39,18 @@ def convert_saved_model(saved_model_dir, select_tf_ops: bool) -> bytes:
     return converter.convert()
 
 
-def _builtin(opcode) -> int:
+def builtin_code(opcode) -> int:
     return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
 
 
-def _opcode_index(model, code: int, version: int) -> int:
+def tensor_name(tensor) -> str:
+    """The name of a flatbuffer object-API tensor (or signature entry) as a str."""
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def opcode_index(model, code: int, version: int) -> int:
     for i, oc in enumerate(model.operatorCodes):
-        if _builtin(oc) == code and oc.version == version:
+        if builtin_code(oc) == code and oc.version == version:
             return i
     oc = fu.schema_fb.OperatorCodeT()
     oc.builtinCode = code
@@ -71,7 +76,7 @@ def tie_embedding(flatbuffer: bytes) -> tuple[bytes, int]:
     rewritten = 0
     for sg in model.subgraphs:
         for op in sg.operators:
-            if _builtin(model.operatorCodes[op.opcodeIndex]) != ops.GATHER:
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) != ops.GATHER:
                 continue
             params, indices = int(op.inputs[0]), int(op.inputs[1])
             table, ids = sg.tensors[params], sg.tensors[indices]
@@ -81,7 +86,7 @@ def tie_embedding(flatbuffer: bytes) -> tuple[bytes, int]:
                     or getattr(op.builtinOptions, "axis", 0) != 0):
                 continue
             if lookup is None:
-                lookup = _opcode_index(model, ops.EMBEDDING_LOOKUP, 4)
+                lookup = opcode_index(model, ops.EMBEDDING_LOOKUP, 4)
             op.opcodeIndex = lookup
             op.inputs = np.array([indices, params], dtype=np.int32)  # (lookup ids, table)
             op.builtinOptionsType = 0
@@ -96,7 +101,7 @@ def _unique_tensor_names(flatbuffer: bytes) -> bytes:
     seen = collections.Counter()
     for index, sg in enumerate(model.subgraphs):
         for tensor in sg.tensors:
-            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            name = tensor_name(tensor)
             seen[name] += 1
             if seen[name] > 1:
                 tensor.name = f"{name}__sg{index}_{seen[name]}".encode()
@@ -133,7 +138,7 @@ def op_report(flatbuffer: bytes) -> dict:
     for sg in model.subgraphs:
         for op in sg.operators:
             oc = model.operatorCodes[op.opcodeIndex]
-            code = _builtin(oc)
+            code = builtin_code(oc)
             if code == fu.schema_fb.BuiltinOperator.CUSTOM:
                 custom = oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode
                 if custom.startswith("Flex"):

@@ -11,10 +11,10 @@ def test_passes_fill_the_context_in_a_process_without_tensorflow(tiny_preset, tm
     for n, best in run["passes"].items():
         assert best["prefill_tokens"] == int(n) + 1  # + the start token
         assert 1 <= best["decode_tokens"] <= 8 and best["decode_tps"] > 0
-    assert 17 < run["full_context"]["tokens"] <= 96
+    assert 94 <= run["full_context"]["tokens"] <= 96  # the whole context, not an early stop
     memory = run["memory_mb"]
     assert memory["runtime_library"] > 10 and memory["packed_weights"] > 0
     assert sum(memory.values()) <= run["peak_rss_mb"] + 1
     # importing TensorFlow alone takes about 580 MB: this child must hold the runtime only
     assert run["peak_rss_mb"] < 250
-    assert (tmp_path / "cache").is_dir() and run["init_s"] > 0
+    assert (tmp_path / "cache").is_dir() and run["first_token_s"] > run["init_s"] > 0

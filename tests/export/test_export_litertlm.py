@@ -67,18 +67,24 @@ def test_int8_perplexity_within_3_percent(int8_bundle, fp32_bundle):
 
 
 def cache_types(bundle) -> set:
+    """(signature, "in"/"out", dtype) of every kv_cache_* input and output."""
     interpreter = Interpreter(model_path=str(bundle.bundle_path.with_suffix(".tflite")))
-    return {(name, d["dtype"].__name__) for name in interpreter.get_signature_list()
-            for n, d in interpreter.get_signature_runner(name).get_input_details().items()
-            if n.startswith("kv_cache_")}
+    found = set()
+    for name in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(name)
+        for side, details in (("in", runner.get_input_details()),
+                              ("out", runner.get_output_details())):
+            found |= {(name, side, d["dtype"].__name__) for n, d in details.items()
+                      if n.startswith("kv_cache_")}
+    return found
 
 
 def test_quantized_bundles_keep_a_float16_cache(int8_bundle, fp32_bundle):
     # half the cache memory; parity above: int8 perplexity within 3%, fp32 token-exact
-    assert {t for _, t in cache_types(int8_bundle)} == {"float16"}
-    assert {t for _, t in cache_types(fp32_bundle)} == {"float32"}
-    assert {name for name, _ in cache_types(int8_bundle)} == {"decode", "prefill_16",
-                                                              "prefill_32"}
+    assert {t for *_, t in cache_types(int8_bundle)} == {"float16"}
+    assert {t for *_, t in cache_types(fp32_bundle)} == {"float32"}
+    assert {(name, side) for name, side, _ in cache_types(int8_bundle)} == {
+        (name, side) for name in ("decode", "prefill_16", "prefill_32") for side in ("in", "out")}
 
 
 def test_builtin_ops_only(int8_bundle):
@@ -95,19 +101,3 @@ def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
         export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[17])
     assert not (tmp_path / "litertlm").exists()
 
-
-def test_half_cache_refuses_a_branch_that_is_not_attention():
-    import tensorflow as tf
-
-    from pipeline.export.half_cache import half_cache
-
-    class Branchy(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.int32)])
-        def f(self, x, n):
-            return tf.cond(n > 2, lambda: tf.exp(x), lambda: x * 2.0)
-
-    module = Branchy()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.f.get_concrete_function()], module)
-    with pytest.raises(ValueError, match="not part of attention"):
-        half_cache(converter.convert())

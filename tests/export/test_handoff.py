@@ -12,7 +12,8 @@ from pipeline.config import load_config
 from pipeline.export.stage import export_preset
 from pipeline.fsutil import write_json
 
-DTYPES = {np.bytes_: "string", np.float32: "float32", np.int32: "int32", np.int64: "int64"}
+DTYPES = {np.bytes_: "string", np.float32: "float32", np.float16: "float16", np.int32: "int32",
+          np.int64: "int64"}
 
 
 @pytest.fixture(scope="module")
