@@ -150,7 +150,7 @@ def bench(out_dir: Path, preset: str | None, modes, threads: int, new_tokens: in
     for gguf in ggufs:
         print(f"running llama-bench on {gguf.name} ...", flush=True)
         result["llama_cpp"].append(yardsticks.llama_bench(llama_bench, gguf, threads, lengths,
-                                                          new_tokens))
+                                                          new_tokens, context=context))
     # last: it holds 512 MB while the engines run in children
     result["read_bandwidth_gbs"] = read_bandwidth_gbs()
     result["ratios"], result["meets"] = against_llama_cpp(result)

@@ -30,9 +30,11 @@ def quantization_of(gguf: Path) -> str:
 
 
 def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_tokens: int,
-                repeats: int = 3) -> dict:
-    """Returns llama.cpp's prefill tokens/s per prompt length, decode tokens/s, file MB and
-    the peak RSS of a run of `llama-bench` (mean of `repeats` repetitions, as it reports)."""
+                repeats: int = 3, context: int | None = None) -> dict:
+    """Returns llama.cpp's prefill tokens/s per prompt length, decode tokens/s (the mean of
+    `repeats` repetitions, as it reports), file MB and peak RSS: with `context`, that of one
+    more run whose prompt and generation fill `context` tokens (its KV cache is that long;
+    the timed runs' caches hold only their own prompt or generation)."""
     args = [str(binary), "-m", str(gguf), "-t", str(threads), "-p",
             ",".join(map(str, prompt_lengths)), "-n", str(new_tokens), "-r", str(repeats),
             "-o", "json"]
@@ -41,7 +43,16 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_toke
         raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
     records = json.loads(out)
     result = {"engine": "llama.cpp", "file": gguf.name, "quantization": quantization_of(gguf),
-              "file_mb": gguf.stat().st_size / 1e6, "peak_rss_mb": rss, "prefill_tps": {}}
+              "file_mb": gguf.stat().st_size / 1e6, "prefill_tps": {}}
+    if context:  # llama-bench sizes its KV cache to each test: one test that fills `context`
+        args = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", "0",
+                "-pg", f"{context - new_tokens},{new_tokens}", "-r", "1", "-o", "json"]
+        _, status, full_rss = run_measured(args)
+        if status:
+            raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
+        result["peak_rss_mb"], result["peak_rss_short_mb"] = full_rss, rss
+    else:
+        result["peak_rss_mb"] = rss
     for r in records:
         if r.get("n_prompt") and not r.get("n_gen"):
             result["prefill_tps"][str(r["n_prompt"])] = float(r["avg_ts"])

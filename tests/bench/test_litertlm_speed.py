@@ -23,7 +23,8 @@ RECORDS = [{"model_filename": "m.gguf", "n_prompt": 32, "n_gen": 0, "avg_ts": 64
 def fake_llama_bench(tmp_path):
     script = tmp_path / "llama-bench"
     script.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                      f"assert sys.argv[sys.argv.index('-p') + 1] == '32,128'\n"
+                      f"assert sys.argv[sys.argv.index('-p') + 1] in ('32,128', '0')\n"
+                      f"open({str(tmp_path / 'calls.txt')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
                       f"print(json.dumps({RECORDS!r}))\n")
     script.chmod(0o755)
     gguf = tmp_path / "gpt2-124M-random-Q8_0.gguf"
@@ -51,6 +52,10 @@ def test_llama_bench_is_read_per_prompt_length(fake_llama_bench):
     assert row["prefill_tps"] == {"32": 640.0, "128": 700.0} and row["decode_tps"] == 160.0
     assert row["peak_rss_mb"] > 0
     assert yardsticks.quantization_of(gguf.with_name("x-Q4_0.gguf")) == "int4"
+    full = yardsticks.llama_bench(script, gguf, 2, (32, 128), 64, context=1024)
+    calls = (script.parent / "calls.txt").read_text().splitlines()
+    assert "-p 0 -n 0 -pg 960,64 -r 1" in calls[-1]  # one run that fills the context
+    assert full["peak_rss_mb"] > 0 and full["peak_rss_short_mb"] > 0
 
 
 def test_ratios_and_targets_are_against_llama_cpp(fake_llama_bench):
