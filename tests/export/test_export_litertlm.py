@@ -6,10 +6,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.tflite import op_report
-from pipeline.export.verify import LOGIT_TOLERANCE
+from pipeline.export.verify import LOGIT_TOLERANCE, enforce_bundle
 from pipeline.train.presets import load_causal_lm
 
 
@@ -64,6 +64,27 @@ def test_int8_perplexity_within_3_percent(int8_bundle, fp32_bundle):
     m = int8_bundle.metrics
     assert m["weight_bytes"] < fp32_bundle.metrics["weight_bytes"] / 3
     assert m["weight_bytes"] <= m["parameters"] * 1.12 + 6000  # tied embedding stored once
+
+
+def test_int4_perplexity_within_3_percent(tiny_preset, tmp_path, kitchen_paragraphs,
+                                         int8_bundle):
+    int4 = export(tiny_preset, tmp_path / "litertlm", kitchen_paragraphs, quantization="int4")
+    p = verification(int4)["perplexity"]
+    assert abs(p["relative_difference"]) <= 0.03 and p["examples"] >= 10
+    assert int4.metrics["weight_bytes"] < int8_bundle.metrics["weight_bytes"]
+    assert {t for *_, t in cache_types(int4)} == {"float16"}
+
+
+def test_a_quantized_bundle_3_percent_off_is_rejected(int8_bundle):
+    v = verification(int8_bundle)
+    v["perplexity"] = {**v["perplexity"], "tflite": 105.0, "keras_fp32": 100.0,
+                       "relative_difference": 0.05}
+    for mode in ("int8", "int4", "fp16"):
+        with pytest.raises(PipelineError, match=f"{mode} perplexity 105.00 is more than 3%"):
+            enforce_bundle(v, mode)
+    exact = {**v, "logits_max_abs_diff": 0.0,
+             "greedy": {**v["greedy"], "matches": v["greedy"]["prompts"]}}
+    enforce_bundle(exact, "none")  # fp32 is held to exact text and logits instead
 
 
 def cache_types(bundle) -> set:
