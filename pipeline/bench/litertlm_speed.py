@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.bench import gpt2_base, yardsticks
-from pipeline.bench.child import json_step, run_measured
+from pipeline.bench.child import json_step
 from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
                                       write_tokenizer_files)
 from pipeline.report import write_benchmark
@@ -54,7 +54,8 @@ def child_export(out_dir: str, preset: str, mode: str, context: int, lengths=(32
         {n: prompt_with_tokens(tokenizer, n) for n in lengths}))
 
 
-def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> None:
+def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> dict:
+    """Returns Keras generation's prefill and decode speed per prompt in prompts.json."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     out = Path(out_dir)
@@ -79,18 +80,17 @@ def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> Non
         results[n] = {"ttft_s": first, "prefill_tokens": length, "prefill_tps": length / first,
                       "decode_tokens": new_tokens - 1,
                       "decode_tps": (new_tokens - 1) / max(full - first, 1e-9)}
-    (out / "keras.json").write_text(json.dumps(results))
+    return results
 
 
-def run_child(*args) -> tuple[float, float]:
-    """Runs `python -m pipeline.bench.litertlm_speed ARGS`; returns (seconds, peak RSS MB:
-    the child's own, which includes Python and the TensorFlow import)."""
-    started = time.time()
-    _, status, peak = run_measured([sys.executable, "-m", "pipeline.bench.litertlm_speed",
-                                    *map(str, args)], capture=False)
-    if status != 0:
-        raise SystemExit(f"benchmark step {args[0]} failed (status {status})")
-    return time.time() - started, peak
+def child_step(name: str, *args) -> dict:
+    """Runs child step `name` (`_export` or `_keras`, in the `__main__` below) through
+    `child.json_step`: its JSON result plus its own peak RSS (Python and TensorFlow
+    included)."""
+    result = json_step("pipeline.bench.litertlm_speed", [name, *map(str, args)])
+    if "failed" in result:
+        raise SystemExit(f"benchmark step {name} {result['failed']}")
+    return result
 
 
 def read_bandwidth_gbs() -> float:
@@ -111,7 +111,7 @@ def bench_bundle(work: Path, preset: str | None, mode: str, threads: int, new_to
     second reuses them) and `litert-lm benchmark` at each prompt length."""
     work.mkdir(parents=True, exist_ok=True)
     print(f"exporting the streaming model ({mode}) ...", flush=True)
-    export_seconds, export_rss = run_child("_export", work, preset or "", mode, context)
+    export = child_step("_export", work, preset or "", mode, context)
     print(f"running LiteRT-LM ({mode}; the first launch packs the weights) ...", flush=True)
     step = [str(work), str(threads), str(new_tokens), str(context)]
     first = json_step("pipeline.bench.bundle_passes", step)
@@ -124,7 +124,7 @@ def bench_bundle(work: Path, preset: str | None, mode: str, threads: int, new_to
     cli = {str(n): yardsticks.litert_lm_benchmark(bundle, threads, n, new_tokens, context)
            for n in lengths}
     return {"quantization": mode, "file_mb": bundle.stat().st_size / 1e6,
-            "export_seconds": export_seconds, "export_peak_rss_mb": export_rss,
+            "export_seconds": export["seconds"], "export_peak_rss_mb": export["peak_rss_mb"],
             "first_launch": {"first_token_s": first["first_token_s"],
                              "peak_rss_mb": first["peak_rss_mb"]},
             "first_token_s": ours["first_token_s"], "peak_rss_mb": ours["peak_rss_mb"],
@@ -143,9 +143,9 @@ def bench(out_dir: Path, preset: str | None, modes, threads: int, new_tokens: in
                                                context, lengths)
         if mode == modes[0]:
             print("running Keras ...", flush=True)
-            _, result["keras_peak_rss_mb"] = run_child("_keras", work, preset or "", threads,
-                                                       new_tokens)
-            result["keras"] = json.loads((work / "keras.json").read_text())
+            keras = child_step("_keras", work, preset or "", threads, new_tokens)
+            result["keras_peak_rss_mb"] = keras.pop("peak_rss_mb")
+            result["keras"] = keras
         shutil.rmtree(work)
     for gguf in ggufs:
         print(f"running llama-bench on {gguf.name} ...", flush=True)
@@ -273,7 +273,14 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":  # one child step: _export | _keras, then its arguments
-    step, *rest = sys.argv[1:]
-    {"_export": lambda: child_export(rest[0], rest[1], rest[2], int(rest[3])),
-     "_keras": lambda: child_keras(rest[0], rest[1], int(rest[2]), int(rest[3]))}[step]()
+def timed_export(*args) -> dict:
+    started = time.time()
+    child_export(*args)
+    return {"seconds": time.time() - started}
+
+
+if __name__ == "__main__":  # one child step: _export | _keras, its arguments, then OUT_JSON
+    name, *rest, out = sys.argv[1:]
+    result = {"_export": lambda: timed_export(rest[0], rest[1], rest[2], int(rest[3])),
+              "_keras": lambda: child_keras(rest[0], rest[1], int(rest[2]), int(rest[3]))}[name]()
+    Path(out).write_text(json.dumps(result))
