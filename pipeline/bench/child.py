@@ -54,6 +54,14 @@ def json_step(module: str, args: list[str], env: dict | None = None) -> dict:
             f"failed with exit status {status}"}
 
 
+def required_step(module: str, args: list[str]) -> dict:
+    """`json_step` for a step the benchmark cannot go on without: a failure ends it."""
+    result = json_step(module, [str(a) for a in args])
+    if "failed" in result:
+        raise SystemExit(f"benchmark step {module} {args[0]} {result['failed']}")
+    return result
+
+
 def own_peak_rss_mb() -> float:
     """This process's peak RSS so far (VmHWM): what a step reports just before it exits."""
     return _vm_hwm_mb(os.getpid())

@@ -27,10 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.bench import gpt2_base, yardsticks
-from pipeline.bench.child import json_step
+from pipeline.bench.child import required_step
 from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
                                       write_tokenizer_files)
 from pipeline.report import write_benchmark
+
+SELF = "pipeline.bench.litertlm_speed"  # its `__main__` runs the _export and _keras steps
 
 def prompt_with_tokens(tokenizer, n: int) -> str:
     """Returns text of exactly `n` tokens for `tokenizer` (a keras-hub tokenizer)."""
@@ -83,16 +85,6 @@ def child_keras(out_dir: str, preset: str, threads: int, new_tokens: int) -> dic
     return results
 
 
-def child_step(name: str, *args) -> dict:
-    """Runs child step `name` (`_export` or `_keras`, in the `__main__` below) through
-    `child.json_step`: its JSON result plus its own peak RSS (Python and TensorFlow
-    included)."""
-    result = json_step("pipeline.bench.litertlm_speed", [name, *map(str, args)])
-    if "failed" in result:
-        raise SystemExit(f"benchmark step {name} {result['failed']}")
-    return result
-
-
 def read_bandwidth_gbs() -> float:
     """Returns single-process memory read bandwidth (GB/s) from summing a 512 MB array."""
     data = np.ones(64 * 1024 * 1024, dtype=np.float64)  # 512 MB
@@ -111,14 +103,11 @@ def bench_bundle(work: Path, preset: str | None, mode: str, threads: int, new_to
     second reuses them) and `litert-lm benchmark` at each prompt length."""
     work.mkdir(parents=True, exist_ok=True)
     print(f"exporting the streaming model ({mode}) ...", flush=True)
-    export = child_step("_export", work, preset or "", mode, context)
+    export = required_step(SELF, ["_export", work, preset or "", mode, context])
     print(f"running LiteRT-LM ({mode}; the first launch packs the weights) ...", flush=True)
-    step = [str(work), str(threads), str(new_tokens), str(context)]
-    first = json_step("pipeline.bench.bundle_passes", step)
-    ours = json_step("pipeline.bench.bundle_passes", step)
-    for run in (first, ours):
-        if "failed" in run:
-            raise SystemExit(f"timing the {mode} bundle {run['failed']}")
+    step = [work, threads, new_tokens, context]
+    first = required_step("pipeline.bench.bundle_passes", step)
+    ours = required_step("pipeline.bench.bundle_passes", step)
     bundle = work / "model.litertlm"
     print(f"running litert-lm benchmark ({mode}) ...", flush=True)
     cli = {str(n): yardsticks.litert_lm_benchmark(bundle, threads, n, new_tokens, context)
@@ -143,7 +132,8 @@ def bench(out_dir: Path, preset: str | None, modes, threads: int, new_tokens: in
                                                context, lengths)
         if mode == modes[0]:
             print("running Keras ...", flush=True)
-            keras = child_step("_keras", work, preset or "", threads, new_tokens)
+            keras = required_step(SELF, ["_keras", work, preset or "", threads,
+                                                  new_tokens])
             result["keras_peak_rss_mb"] = keras.pop("peak_rss_mb")
             result["keras"] = keras
         shutil.rmtree(work)

@@ -35,24 +35,22 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_toke
     `repeats` repetitions, as it reports), file MB and peak RSS: with `context`, that of one
     more run whose prompt and generation fill `context` tokens (its KV cache is that long;
     the timed runs' caches hold only their own prompt or generation)."""
-    args = [str(binary), "-m", str(gguf), "-t", str(threads), "-p",
-            ",".join(map(str, prompt_lengths)), "-n", str(new_tokens), "-r", str(repeats),
-            "-o", "json"]
-    out, status, rss = run_measured(args)
-    if status:
-        raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
-    records = json.loads(out)
-    result = {"engine": "llama.cpp", "file": gguf.name, "quantization": quantization_of(gguf),
-              "file_mb": gguf.stat().st_size / 1e6, "prefill_tps": {}}
-    if context:  # llama-bench sizes its KV cache to each test: one test that fills `context`
-        args = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", "0",
-                "-pg", f"{context - new_tokens},{new_tokens}", "-r", "1", "-o", "json"]
-        _, status, full_rss = run_measured(args)
+    def run(*test: str) -> tuple[str, float]:
+        args = [str(binary), "-m", str(gguf), "-t", str(threads), *test, "-o", "json"]
+        out, status, rss = run_measured(args)
         if status:
             raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
-        result["peak_rss_mb"], result["peak_rss_short_mb"] = full_rss, rss
-    else:
-        result["peak_rss_mb"] = rss
+        return out, rss
+
+    out, rss = run("-p", ",".join(map(str, prompt_lengths)), "-n", str(new_tokens),
+                   "-r", str(repeats))
+    records = json.loads(out)
+    result = {"engine": "llama.cpp", "file": gguf.name, "quantization": quantization_of(gguf),
+              "file_mb": gguf.stat().st_size / 1e6, "prefill_tps": {}, "peak_rss_mb": rss}
+    if context:  # llama-bench sizes its KV cache to each test: one test that fills `context`
+        result["peak_rss_short_mb"] = rss
+        result["peak_rss_mb"] = run("-p", "0", "-n", "0", "-pg",
+                                    f"{context - new_tokens},{new_tokens}", "-r", "1")[1]
     for r in records:
         if r.get("n_prompt") and not r.get("n_gen"):
             result["prefill_tps"][str(r["n_prompt"])] = float(r["avg_ts"])

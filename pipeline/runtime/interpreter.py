@@ -32,12 +32,27 @@ class StreamingInterpreter:
     def reset(self) -> None:
         self.caches = {n: np.zeros(self.cache_shape, self.cache_dtype) for n in self.names}
 
+    def _mask(self, positions) -> np.ndarray:
+        """(1, 1, T, S): each query row sees the cache rows up to its own position."""
+        mask = np.full((1, 1, len(positions), self.context), NEG, np.float32)
+        for row, p in enumerate(positions):
+            mask[0, 0, row, : p + 1] = 0.0
+        return mask
+
+    def prefill(self, token_ids, start: int = 0) -> None:
+        """Writes len(token_ids) tokens at start... with the `prefill_<T>` signature of that
+        length (the runtime's prompt path; it returns no logits)."""
+        positions = np.arange(start, start + len(token_ids), dtype=np.int32)
+        runner = self.interpreter.get_signature_runner(f"prefill_{len(token_ids)}")
+        out = runner(tokens=np.array([token_ids], np.int32), input_pos=positions,
+                     mask=self._mask(positions), **self.caches)
+        self.caches = {n: out[n] for n in self.names}
+
     def decode_step(self, token: int, position: int) -> np.ndarray:
         """Feeds one token at `position`; returns its (V,) logits."""
-        mask = np.full((1, 1, 1, self.context), NEG, np.float32)
-        mask[..., : position + 1] = 0.0
         out = self.decode(tokens=np.array([[token]], np.int32),
-                          input_pos=np.array([position], np.int32), mask=mask, **self.caches)
+                          input_pos=np.array([position], np.int32), mask=self._mask([position]),
+                          **self.caches)
         self.caches = {n: out[n] for n in self.names}
         return out["logits"][0, 0]
 

@@ -3,8 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
-from pipeline.bench.child import json_step
+from pipeline.bench.child import json_step, required_step
 
 
 def test_a_child_step_reports_its_own_peak_rss_not_the_parents(tmp_path):
@@ -17,3 +18,5 @@ def test_a_child_step_reports_its_own_peak_rss_not_the_parents(tmp_path):
     assert held.sum() == held.size
     assert json_step("json.tool", [str(tmp_path / "missing.json")]) == {
         "failed": "failed with exit status 2"}  # json.tool: no such file
+    with pytest.raises(SystemExit, match="json.tool .*missing.json failed with exit status 2"):
+        required_step("json.tool", [tmp_path / "missing.json"])
