@@ -163,6 +163,8 @@ class GPT2Graph(tf.Module):
                         bias[:, :, :, :visible])
 
         def branch(size):
+            if size == k_cache.shape[2]:  # the whole cache: a slice would only copy it
+                return lambda: core(k_cache, v_cache, bias)
             return lambda: core(k_cache[:, :, :size], v_cache[:, :, :size],
                                 bias[:, :, :, :size])
 

@@ -18,7 +18,8 @@ f16 cache, it rounds keys and values to float16: used for quantized bundles, who
 perplexity within 3% of Keras; fp32 bundles keep a float32 cache and stay token-exact.
 
 Example:
-    >>> flatbuffer = half_cache(flatbuffer)   # before quantization (it keeps buffer data inline)
+    >>> model = read_model(float_flatbuffer)   # tflite.py; before quantization
+    >>> half_cache(model)
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ def kv_cache_dtype(quantization: str) -> str:
     return "float32" if Quantization(quantization) == Quantization.NONE else "float16"
 
 
-def half_cache(flatbuffer: bytes) -> bytes:
-    """Returns the model with float16 caches and float16 attention branches."""
-    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+def half_cache(model) -> None:
+    """Makes the caches and the attention branches of an object-API model float16."""
     cast = opcode_index(model, OPS.CAST, 1)
     entry = {sig.subgraphIndex for sig in model.signatureDefs}
     for index, sg in enumerate(model.subgraphs):
@@ -53,7 +53,6 @@ def half_cache(flatbuffer: bytes) -> bytes:
             if tensor_name(io).startswith("kv_cache_"):
                 sg.tensors[io.tensorIndex].type = TYPES.FLOAT16
         _cast_at_boundaries(model, sg, cast)
-    return bytes(fu.convert_object_to_bytearray(model))
 
 
 # What the bucket branches of `GPT2Graph._attend` hold; the only tf.cond in the graph.

@@ -30,7 +30,8 @@ from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
 from pipeline.export.tflite import (check_size, convert_saved_model, op_report,
-                                    outside_stock_runtime, quantize, tie_embedding)
+                                    outside_stock_runtime, quantize, read_model, tie_embedding,
+                                    write_model)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.runtime.flex import require_flex, run_in_flex
@@ -128,7 +129,9 @@ def text_model_tflite(module, parameters: int, quantization: str):
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
         float_model = convert_saved_model(tmp, select_tf_ops=True)
-    float_model, lookups = tie_embedding(float_model)
+    rewritten = read_model(float_model)
+    lookups = tie_embedding(rewritten)
+    float_model = write_model(rewritten)
     check_size(float_model, parameters, "none")  # a weightless or doubled file stops here
     model_bytes = quantize(float_model, quantization)
     stored = check_size(model_bytes, parameters, quantization)
