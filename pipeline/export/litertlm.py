@@ -33,7 +33,7 @@ from pipeline.export.half_cache import half_cache, kv_cache_dtype
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
 from pipeline.export.tflite import (check_size, convert_saved_model, quantize, read_model,
-                                    share_subgraphs, tie_embedding, write_model)
+                                    share_subgraphs, tie_embedding)
 from pipeline.export.verify import (bundle_prompts, bundle_summary, enforce_bundle,
                                     greedy_parity, logits_parity, tokenizer_parity)
 from pipeline.fsutil import atomic_dir, write_json, write_text
@@ -155,15 +155,14 @@ def streaming_tflite(weights, context: int, lengths, quantization: str):
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         float_model = convert_saved_model(tmp, select_tf_ops=False)
-    rewritten = read_model(float_model)  # one parse for the rewrites of the ~500 MB model
+    rewritten = read_model(float_model)  # one parse of the ~500 MB model for every rewrite
     tie_embedding(rewritten)
     if kv_cache_dtype(quantization) == "float16":
         half_cache(rewritten)
     share_subgraphs(rewritten)  # every layer's attention branches, stored once
-    float_model = write_model(rewritten)
-    check_size(float_model, weights.count(), "none")
-    model = quantize(float_model, quantization)
-    return model, check_size(model, weights.count(), quantization)
+    check_size(rewritten, weights.count(), "none")
+    model = quantize(rewritten, quantization)
+    return model, check_size(read_model(model), weights.count(), quantization)
 
 
 def write_tokenizer_files(tokenizer, folder: Path) -> Path:

@@ -30,8 +30,7 @@ from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
 from pipeline.export.tflite import (check_size, convert_saved_model, op_report,
-                                    outside_stock_runtime, quantize, read_model, tie_embedding,
-                                    write_model)
+                                    outside_stock_runtime, quantize, read_model, tie_embedding)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.runtime.flex import require_flex, run_in_flex
@@ -131,10 +130,9 @@ def text_model_tflite(module, parameters: int, quantization: str):
         float_model = convert_saved_model(tmp, select_tf_ops=True)
     rewritten = read_model(float_model)
     lookups = tie_embedding(rewritten)
-    float_model = write_model(rewritten)
-    check_size(float_model, parameters, "none")  # a weightless or doubled file stops here
-    model_bytes = quantize(float_model, quantization)
-    stored = check_size(model_bytes, parameters, quantization)
+    check_size(rewritten, parameters, "none")  # a weightless or doubled file stops here
+    model_bytes = quantize(rewritten, quantization)
+    stored = check_size(read_model(model_bytes), parameters, quantization)
     return model_bytes, stored, lookups
 
 

@@ -107,9 +107,9 @@ def tie_embedding(model) -> int:
 
 
 # Options fields that name a subgraph, per options class of the control-flow ops.
-SUBGRAPH_FIELDS = {"IfOptionsT": ("thenSubgraphIndex", "elseSubgraphIndex"),
-                   "WhileOptionsT": ("condSubgraphIndex", "bodySubgraphIndex"),
-                   "CallOnceOptionsT": ("initSubgraphIndex",)}
+SUBGRAPH_FIELDS = {fu.schema_fb.IfOptionsT: ("thenSubgraphIndex", "elseSubgraphIndex"),
+                   fu.schema_fb.WhileOptionsT: ("condSubgraphIndex", "bodySubgraphIndex"),
+                   fu.schema_fb.CallOnceOptionsT: ("initSubgraphIndex",)}
 
 
 def share_subgraphs(model) -> int:
@@ -142,7 +142,7 @@ def share_subgraphs(model) -> int:
     position = {old: new for new, old in enumerate(kept)}
     for sg in model.subgraphs:
         for op in sg.operators:
-            for field in SUBGRAPH_FIELDS.get(type(op.builtinOptions).__name__, ()):
+            for field in SUBGRAPH_FIELDS.get(type(op.builtinOptions), ()):
                 setattr(op.builtinOptions, field,
                         position[same[getattr(op.builtinOptions, field)]])
     for sig in model.signatureDefs:
@@ -154,7 +154,7 @@ def share_subgraphs(model) -> int:
 
 def _op_fingerprint(op, same: list) -> tuple:
     options = op.builtinOptions
-    fields = SUBGRAPH_FIELDS.get(type(options).__name__, ())
+    fields = SUBGRAPH_FIELDS.get(type(options), ())
     callees = tuple(same[getattr(options, f)] for f in fields)
     rest = None if options is None else {k: v for k, v in vars(options).items()
                                          if k not in fields}
@@ -175,9 +175,8 @@ def _fingerprint(value):
     return value
 
 
-def _unique_tensor_names(flatbuffer: bytes) -> bytes:
+def _unique_tensor_names(model) -> None:
     """Suffixes tensor names repeated across subgraphs (ai-edge-quantizer needs unique names)."""
-    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
     seen = collections.Counter()
     for index, sg in enumerate(model.subgraphs):
         for tensor in sg.tensors:
@@ -185,17 +184,18 @@ def _unique_tensor_names(flatbuffer: bytes) -> bytes:
             seen[name] += 1
             if seen[name] > 1:
                 tensor.name = f"{name}__sg{index}_{seen[name]}".encode()
-    return bytes(fu.convert_object_to_bytearray(model))
 
 
-def quantize(flatbuffer: bytes, mode: str) -> bytes:
-    """Returns the float32 flatbuffer quantized in `mode` (a Quantization)."""
+def quantize(model, mode: str) -> bytes:
+    """Returns the float32 object-API model as a flatbuffer quantized in `mode` (a
+    Quantization); repeated tensor names are made unique in place first."""
     mode = Quantization(mode)
     if mode == Quantization.NONE:
-        return flatbuffer
+        return write_model(model)
+    _unique_tensor_names(model)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "float.tflite"
-        source.write_bytes(_unique_tensor_names(flatbuffer))
+        source.write_bytes(write_model(model))
         qt = quantizer.Quantizer(str(source))
         if mode == Quantization.FP16:
             qt.add_weight_only_config(
@@ -253,15 +253,15 @@ def outside_stock_runtime(select_tf) -> list[str]:
     return sorted(set(select_tf) - STOCK_FLEX_OPS)
 
 
-def weight_bytes(flatbuffer: bytes) -> int:
-    """Returns the bytes of constant float/int8/int4 tensors, each buffer counted once.
+def weight_bytes(model) -> int:
+    """Returns the bytes of constant float/int8/int4 tensors of an object-API model, each
+    buffer counted once.
 
     String and integer constants (tokenizer tables, shapes) are left out, so this measures
     how the weights themselves are stored.
     """
     types = fu.schema_fb.TensorType
     weight_types = {types.FLOAT32, types.FLOAT16, types.INT8, types.UINT8, types.INT4}
-    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
     used = {t.buffer for sg in model.subgraphs for t in sg.tensors if t.type in weight_types}
     return sum(_buffer_size(model.buffers[b]) for b in used if b < len(model.buffers))
 
@@ -274,15 +274,16 @@ def _buffer_size(buffer) -> int:
         else 0
 
 
-def check_size(flatbuffer: bytes, parameters: int, mode: str) -> int:
-    """Raises PipelineError unless the file stores `parameters` weights once; returns bytes.
+def check_size(model, parameters: int, mode: str) -> int:
+    """Raises PipelineError unless the object-API model stores `parameters` weights once;
+    returns their bytes.
 
     A file whose weights take much less than parameters x bytes-per-weight has lost them
     (from_concrete_functions did this to Keras 3 models); one well above stores some twice
     (GPT-2's tied embedding is 31% of its weights). Biases, LayerNorm and per-row scales
     stay float32: up to 12% slack, plus 16 KB of graph constants.
     """
-    stored = weight_bytes(flatbuffer)
+    stored = weight_bytes(model)
     expected = parameters * BYTES_PER_WEIGHT[Quantization(mode)]
     if stored < 0.95 * expected or stored > 1.12 * expected + 16384:
         raise PipelineError(

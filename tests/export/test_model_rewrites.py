@@ -21,7 +21,7 @@ def float32_model(tmp_path_factory):
     weights = random_weights(vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=32,
                              intermediate_dim=64, max_positions=CONTEXT, seed=3)
     module = StreamingModel(GPT2Graph(weights), CONTEXT, (32,))
-    folder = tmp_path_factory.mktemp("half_cache")
+    folder = tmp_path_factory.mktemp("streaming")
     tf.saved_model.save(module, str(folder), signatures=module.signatures())
     return convert_saved_model(folder, select_tf_ops=False)
 
