@@ -117,7 +117,8 @@ def bench_bundle(work: Path, preset: str | None, mode: str, threads: int, new_to
             "first_launch": {"first_token_s": first["first_token_s"],
                              "peak_rss_mb": first["peak_rss_mb"]},
             "first_token_s": ours["first_token_s"], "peak_rss_mb": ours["peak_rss_mb"],
-            "memory_mb": ours["memory_mb"], "full_context": ours["full_context"],
+            "memory_mb": ours["memory_mb"], "memory_at_start_mb": ours["memory_at_start_mb"],
+            "full_context": ours["full_context"],
             "ours": ours["passes"], "litert_lm_benchmark": cli}
 
 
@@ -224,7 +225,9 @@ def markdown(r: dict) -> str:
                      f"{first['peak_rss_mb']:.0f} MB), {b['first_token_s']:.2f} s "
                      f"later (litert-lm benchmark's init: "
                      f"{b['litert_lm_benchmark']['32']['init_s']:.2f} s); "
-                     f"resident MB at {b['full_context']['tokens']} tokens: {held}; decode at "
+                     f"resident MB at {b['full_context']['tokens']} tokens: {held} (runtime "
+                     f"library just after start-up, its start-up code released: "
+                     f"{b['memory_at_start_mb']['runtime_library']:.0f}); decode at "
                      f"the end of the context {b['full_context']['decode_tps']:.0f} tok/s")
     if r["meets"]:
         lines.append("")

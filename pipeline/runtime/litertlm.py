@@ -1,4 +1,5 @@
-"""Running a `.litertlm` bundle with the LiteRT-LM runtime: engine, streaming, prompt checks.
+"""Running a `.litertlm` bundle with the LiteRT-LM runtime: engine, streaming, prompt checks,
+and the runtime's resident memory.
 
 Example:
     >>> for piece in stream_generate("gpt2.litertlm", "Tomato soup.", max_new_tokens=32):
@@ -7,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import re
 import tempfile
 from pathlib import Path
 
@@ -78,10 +81,12 @@ def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None, cache_
     cache.mkdir(parents=True, exist_ok=True)
     # float32 activations: the runtime's default for text decoders is fp16, which would
     # break exact parity with Keras.
-    return litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
-                            max_num_tokens=max_tokens, cache_dir=str(cache),
-                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
-                            enable_benchmark=True)
+    eng = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
+                           max_num_tokens=max_tokens, cache_dir=str(cache),
+                           activation_data_type=litert_lm.ActivationDataType.FLOAT32,
+                           enable_benchmark=True)
+    release_start_up_code()
+    return eng
 
 
 def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
@@ -101,3 +106,43 @@ def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
     finally:
         if owned:
             eng.close()
+
+
+MADV_DONTNEED = 4  # Linux
+
+
+def mappings() -> list[tuple[int, int, str, str, int]]:
+    """This process's memory mappings: (start, end, permissions, file or "", resident kB);
+    [] where there is no /proc/self/smaps (not Linux)."""
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if re.match(r"[0-9a-f]+-[0-9a-f]+$", fields[0]):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append([start, end, fields[1], fields[5] if len(fields) > 5 else "", 0])
+        elif fields[0] == "Rss:":
+            found[-1][4] = int(fields[1])
+    return [tuple(m) for m in found]
+
+
+def release_start_up_code() -> float:
+    """Unmaps the runtime library's resident code pages; returns the MB released.
+
+    Loading LiteRT-LM's library (126 MB, 218,000 exported symbols) reads 18 MB of symbol
+    tables and relocations, and starting an engine runs code that generating never runs again:
+    about 55 MB of the library is resident once an engine has started, 15 MB while a GPT-2
+    base bundle generates. The mapping is read-only and backed by the library file, so the
+    kernel maps a page back the next time it is run: only the resident set changes.
+    """
+    package = str(Path(litert_lm.__file__).resolve().parent) + "/"
+    code = [m for m in mappings() if m[2] == "r-xp" and m[3].startswith(package)]
+    if not code:
+        return 0.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = [m[4] for m in code if libc.madvise(m[0], m[1] - m[0], MADV_DONTNEED) == 0]
+    return sum(released) / 1024

@@ -13,7 +13,9 @@ def test_passes_fill_the_context_in_a_process_without_tensorflow(tiny_preset, tm
         assert 1 <= best["decode_tokens"] <= 8 and best["decode_tps"] > 0
     assert 94 <= run["full_context"]["tokens"] <= 96  # the whole context, not an early stop
     memory = run["memory_mb"]
-    assert memory["runtime_library"] > 10 and memory["packed_weights"] > 0
+    assert memory["packed_weights"] > 0
+    # engine() released the code that loading and starting ran; generating maps some back
+    assert run["memory_at_start_mb"]["runtime_library"] < 10 < memory["runtime_library"]
     assert sum(memory.values()) <= run["peak_rss_mb"] + 1
     # importing TensorFlow alone takes about 580 MB: this child must hold the runtime only
     assert run["peak_rss_mb"] < 250

@@ -39,3 +39,21 @@ def test_generate_unknown_bundle(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'nope.litertlm'} does not exist: give a .litertlm file or a run folder")
+
+
+def test_engine_releases_the_start_up_code(int8_bundle):
+    """What loading and starting ran (about 50 MB of the library) is unmapped; the code that
+    generating runs is mapped back from the library file, and the text is the same."""
+    from pipeline.runtime.litertlm import engine, mappings, stream_generate
+
+    def code_kb():
+        return sum(m[4] for m in mappings() if m[2] == "r-xp" and "liblitert-lm" in m[3])
+
+    greedy = "".join(stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    eng = engine(int8_bundle.bundle_path)
+    try:
+        assert code_kb() < 1024
+        assert "".join(stream_generate(None, "Tomato soup.", 8, eng=eng)) == greedy
+        assert code_kb() > 1024
+    finally:
+        eng.close()
