@@ -52,12 +52,12 @@ def memory_by_mapping() -> dict:
     file, mapped), the runtime library's pages, the bundle file itself, heap and anonymous
     memory (KV cache, tensor arenas, tokenizer), and the rest (Python, other libraries)."""
     groups: Counter = Counter()
-    for _, _, _, name, resident_kb in mappings():
-        group = ("packed_weights" if name.endswith(".xnnpack_cache") else
-                 "runtime_library" if "liblitert-lm" in name else
-                 "bundle_file" if name.endswith(".litertlm") else
-                 "heap_and_anonymous" if name in ("", "[heap]") else "other")
-        groups[group] += resident_kb
+    for m in mappings():
+        group = ("packed_weights" if m.file.endswith(".xnnpack_cache") else
+                 "runtime_library" if "liblitert-lm" in m.file else
+                 "bundle_file" if m.file.endswith(".litertlm") else
+                 "heap_and_anonymous" if m.file in ("", "[heap]") else "other")
+        groups[group] += m.rss_kb
     return {k: round(v / 1024, 1) for k, v in groups.items()}
 
 

@@ -12,6 +12,7 @@ import ctypes
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import litert_lm
 
@@ -111,22 +112,35 @@ def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
 MADV_DONTNEED = 4  # Linux
 
 
-def mappings() -> list[tuple[int, int, str, str, int]]:
-    """This process's memory mappings: (start, end, permissions, file or "", resident kB);
-    [] where there is no /proc/self/smaps (not Linux)."""
+class Mapping(NamedTuple):
+    """One memory mapping of this process, as /proc/self/smaps shows it (sizes in kB)."""
+    start: int
+    end: int
+    perms: str
+    file: str  # "" for anonymous memory
+    rss_kb: int
+    private_dirty_kb: int  # pages this process changed: dropping them would lose the change
+
+
+def mappings() -> list[Mapping]:
+    """This process's memory mappings; [] where there is no /proc/self/smaps (not Linux)."""
     try:
         text = Path("/proc/self/smaps").read_text()
     except OSError:
         return []
     found = []
     for line in text.splitlines():
-        fields = line.split()
+        fields = line.split(None, 5)  # the file name may hold spaces
         if re.match(r"[0-9a-f]+-[0-9a-f]+$", fields[0]):
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append([start, end, fields[1], fields[5] if len(fields) > 5 else "", 0])
+            found.append({"start": start, "end": end, "perms": fields[1],
+                          "file": fields[5] if len(fields) > 5 else "",
+                          "rss_kb": 0, "private_dirty_kb": 0})
         elif fields[0] == "Rss:":
-            found[-1][4] = int(fields[1])
-    return [tuple(m) for m in found]
+            found[-1]["rss_kb"] = int(fields[1])
+        elif fields[0] == "Private_Dirty:":
+            found[-1]["private_dirty_kb"] = int(fields[1])
+    return [Mapping(**m) for m in found]
 
 
 def release_start_up_code() -> float:
@@ -136,13 +150,16 @@ def release_start_up_code() -> float:
     tables and relocations, and starting an engine runs code that generating never runs again:
     about 55 MB of the library is resident once an engine has started, 15 MB while a GPT-2
     base bundle generates. The mapping is read-only and backed by the library file, so the
-    kernel maps a page back the next time it is run: only the resident set changes.
+    kernel maps a page back the next time it is run: only the resident set changes. A mapping
+    with pages this process changed (a debugger's breakpoints) is left alone.
     """
     package = str(Path(litert_lm.__file__).resolve().parent) + "/"
-    code = [m for m in mappings() if m[2] == "r-xp" and m[3].startswith(package)]
+    code = [m for m in mappings() if m.perms == "r-xp" and m.file.startswith(package)
+            and m.private_dirty_kb == 0]
     if not code:
         return 0.0
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = [m[4] for m in code if libc.madvise(m[0], m[1] - m[0], MADV_DONTNEED) == 0]
+    released = [m.rss_kb for m in code
+                if libc.madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0]
     return sum(released) / 1024

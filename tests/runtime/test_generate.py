@@ -47,7 +47,7 @@ def test_engine_releases_the_start_up_code(int8_bundle):
     from pipeline.runtime.litertlm import engine, mappings, stream_generate
 
     def code_kb():
-        return sum(m[4] for m in mappings() if m[2] == "r-xp" and "liblitert-lm" in m[3])
+        return sum(m.rss_kb for m in mappings() if m.perms == "r-xp" and "liblitert-lm" in m.file)
 
     greedy = "".join(stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
     eng = engine(int8_bundle.bundle_path)
