@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pipeline.bench.child import own_peak_rss_mb
 from pipeline.config import Sampling
-from pipeline.runtime.litertlm import engine, mappings, sampler_config
+from pipeline.runtime.litertlm import engine, sampler_config
+from pipeline.runtime.memory import is_runtime_library, mappings
 
 
 
@@ -54,9 +55,10 @@ def memory_by_mapping() -> dict:
     groups: Counter = Counter()
     for m in mappings():
         group = ("packed_weights" if m.file.endswith(".xnnpack_cache") else
-                 "runtime_library" if "liblitert-lm" in m.file else
+                 "runtime_library" if is_runtime_library(m.file) else
                  "bundle_file" if m.file.endswith(".litertlm") else
-                 "heap_and_anonymous" if m.file in ("", "[heap]") else "other")
+                 "heap_and_anonymous" if m.file in ("", "[heap]", "[stack]")
+                 or m.file.startswith("[anon:") else "other")
         groups[group] += m.rss_kb
     return {k: round(v / 1024, 1) for k, v in groups.items()}
 
@@ -66,8 +68,8 @@ def run(work: Path, threads: int, new_tokens: int, context: int) -> dict:
     started = time.perf_counter()
     eng = engine(work / "model.litertlm", threads, max_tokens=context, cache_dir=work / "cache")
     init_s = time.perf_counter() - started  # on a first launch XNNPACK packs the weights
-    at_start = memory_by_mapping()  # engine() has released the runtime's start-up code
     try:
+        at_start = memory_by_mapping()  # engine() has released the runtime's start-up code
         runs = {n: [timed_pass(eng, p, new_tokens) for _ in range(4)] for n, p in prompts.items()}
         longest = max(prompts, key=int)
         full = timed_pass(eng, prompts[longest], context - int(longest) - 2)

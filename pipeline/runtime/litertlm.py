@@ -1,5 +1,4 @@
-"""Running a `.litertlm` bundle with the LiteRT-LM runtime: engine, streaming, prompt checks,
-and the runtime's resident memory.
+"""Running a `.litertlm` bundle with the LiteRT-LM runtime: engine, streaming, prompt checks.
 
 Example:
     >>> for piece in stream_generate("gpt2.litertlm", "Tomato soup.", max_new_tokens=32):
@@ -8,17 +7,15 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
-import re
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 import litert_lm
 
 from pipeline.config import Sampler, Sampling
 from pipeline.errors import PipelineError
 from pipeline.run_folder import RunFolder
+from pipeline.runtime.memory import release_start_up_code
 
 
 def sampler_config(sampling: Sampling):
@@ -86,7 +83,7 @@ def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None, cache_
                            max_num_tokens=max_tokens, cache_dir=str(cache),
                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
                            enable_benchmark=True)
-    release_start_up_code()
+    release_start_up_code()  # about 50 MB of the library's pages that generating does not need
     return eng
 
 
@@ -107,59 +104,3 @@ def stream_generate(bundle, prompt: str, max_new_tokens: int = 64,
     finally:
         if owned:
             eng.close()
-
-
-MADV_DONTNEED = 4  # Linux
-
-
-class Mapping(NamedTuple):
-    """One memory mapping of this process, as /proc/self/smaps shows it (sizes in kB)."""
-    start: int
-    end: int
-    perms: str
-    file: str  # "" for anonymous memory
-    rss_kb: int
-    private_dirty_kb: int  # pages this process changed: dropping them would lose the change
-
-
-def mappings() -> list[Mapping]:
-    """This process's memory mappings; [] where there is no /proc/self/smaps (not Linux)."""
-    try:
-        text = Path("/proc/self/smaps").read_text()
-    except OSError:
-        return []
-    found = []
-    for line in text.splitlines():
-        fields = line.split(None, 5)  # the file name may hold spaces
-        if re.match(r"[0-9a-f]+-[0-9a-f]+$", fields[0]):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append({"start": start, "end": end, "perms": fields[1],
-                          "file": fields[5] if len(fields) > 5 else "",
-                          "rss_kb": 0, "private_dirty_kb": 0})
-        elif fields[0] == "Rss:":
-            found[-1]["rss_kb"] = int(fields[1])
-        elif fields[0] == "Private_Dirty:":
-            found[-1]["private_dirty_kb"] = int(fields[1])
-    return [Mapping(**m) for m in found]
-
-
-def release_start_up_code() -> float:
-    """Unmaps the runtime library's resident code pages; returns the MB released.
-
-    Loading LiteRT-LM's library (126 MB, 218,000 exported symbols) reads 18 MB of symbol
-    tables and relocations, and starting an engine runs code that generating never runs again:
-    about 55 MB of the library is resident once an engine has started, 15 MB while a GPT-2
-    base bundle generates. The mapping is read-only and backed by the library file, so the
-    kernel maps a page back the next time it is run: only the resident set changes. A mapping
-    with pages this process changed (a debugger's breakpoints) is left alone.
-    """
-    package = str(Path(litert_lm.__file__).resolve().parent) + "/"
-    code = [m for m in mappings() if m.perms == "r-xp" and m.file.startswith(package)
-            and m.private_dirty_kb == 0]
-    if not code:
-        return 0.0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = [m.rss_kb for m in code
-                if libc.madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0]
-    return sum(released) / 1024
