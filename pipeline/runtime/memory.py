@@ -3,8 +3,7 @@ library left resident once an engine has started (Linux; elsewhere nothing is re
 
 Example:
     >>> eng = litert_lm.Engine(...)
-    >>> release_start_up_code()   # MB of the library's pages dropped
-    51.0
+    >>> release_start_up_code()   # about 50 MB fewer resident
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 MADV_DONTNEED = 4  # Linux
-DELETED = " (deleted)"
 
 
 class Mapping(NamedTuple):
@@ -40,7 +38,7 @@ def parse_smaps(text: str) -> list[Mapping]:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             name = fields[5] if len(fields) > 5 else ""
             found.append({"start": start, "end": end, "perms": fields[1],
-                          "file": name.removesuffix(DELETED), "rss_kb": 0,
+                          "file": name.removesuffix(" (deleted)"), "rss_kb": 0,
                           "anonymous_kb": None})
         elif fields[0] == "Rss:" and found:
             found[-1]["rss_kb"] = int(fields[1])
@@ -71,8 +69,8 @@ def releasable_code(maps: list[Mapping]) -> list[Mapping]:
             and m.anonymous_kb == 0]
 
 
-def release_start_up_code() -> float:
-    """Drops the resident pages of the runtime library's executable mapping; returns the MB.
+def release_start_up_code() -> None:
+    """Drops the resident pages of the runtime library's executable mapping.
 
     Loading LiteRT-LM's library (126 MB, 218,000 exported symbols) reads its symbol tables
     and relocations, which this build keeps in the executable segment, and starting an
@@ -81,9 +79,8 @@ def release_start_up_code() -> float:
     run. The pages stay in the page cache; what falls is this process's resident set.
     """
     code = releasable_code(mappings())
-    if not code:
-        return 0.0
-    libc = ctypes.CDLL(None)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return sum(m.rss_kb for m in code
-               if libc.madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0) / 1024
+    if code:  # only on Linux, where libc is this process's own symbols
+        libc = ctypes.CDLL(None)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        for m in code:
+            libc.madvise(m.start, m.end - m.start, MADV_DONTNEED)

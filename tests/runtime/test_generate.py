@@ -46,13 +46,13 @@ def test_engine_releases_the_start_up_code(int8_bundle, monkeypatch):
     code that generating runs is mapped back from the library file, and the text is the one
     an engine that kept every page writes."""
     import pipeline.runtime.litertlm as litertlm
-    from pipeline.runtime.memory import is_runtime_library, mappings
+    from pipeline.runtime.memory import mappings, releasable_code
 
     def code_kb():
-        return sum(m.rss_kb for m in mappings() if m.perms == "r-xp" and is_runtime_library(m.file))
+        return sum(m.rss_kb for m in releasable_code(mappings()))
 
     with monkeypatch.context() as m:
-        m.setattr(litertlm, "release_start_up_code", lambda: 0.0)
+        m.setattr(litertlm, "release_start_up_code", lambda: None)
         kept = litertlm.engine(int8_bundle.bundle_path)
         try:
             assert code_kb() > 10 * 1024
