@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
-# TF 2.19 with its Flex delegate, only for running exported .tflite files (pipeline/flex_runner.py)
+# TFLite 2.16.1 with its Flex delegate (tensorflow-cpu), only for running exported text models
+# (pipeline/runtime/flex_child.py): the runtime of the newest stock select-TF-ops AAR
 FLEX := .venv-flex
 FLEX_STAMP := $(FLEX)/.installed-$(shell sha1sum requirements-flex.txt | cut -c1-12)
 CONFIG ?= configs/default.yaml

@@ -171,7 +171,7 @@ class ExportConfig:
     seed: int = 0  # sampling seed baked into the model (same prompt -> same text)
     prompts: tuple[str, ...] = ()  # verification prompts; () = eval.prompts plus edge cases
     verify: bool = True  # run the .tflite in the Flex interpreter and compare with Keras
-    flex_python: str = ".venv-flex/bin/python"  # Python with TF <= 2.19 (Flex delegate linked)
+    flex_python: str = ".venv-flex/bin/python"  # Python with TF 2.16.1 (stock Flex runtime)
     context: int = 0  # litertlm: KV cache length; 0 = the model's position limit
     prefill_lengths: tuple[int, ...] = (32, 128)  # litertlm: one prefill_<T> signature each
     threads: int = 2  # litertlm: CPU threads for verification and `generate`

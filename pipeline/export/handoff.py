@@ -20,11 +20,6 @@ from pipeline.fsutil import write_json, write_text
 
 MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
-MINIMUM_RUNTIME = {
-    "text": "TFLite (LiteRT) 2.18 or newer with the select-TF-ops (Flex) delegate; "
-            "see ops.md for the ops it needs",
-    "litertlm": "LiteRT-LM 0.18 or newer (CPU backend)",
-}
 PACKAGES = ["tensorflow", "keras", "keras-hub", "ai-edge-litert", "ai-edge-quantizer",
             "litert-lm-api", "litert-lm-builder"]
 
@@ -99,13 +94,23 @@ def write_handoff(folder, target: str, role: str, causal_lm, metrics: dict,
              "context": metrics.get("context") or metrics.get("max_length"),
              "quantization": metrics.get("quantization"),
              "verification": metrics.get("verification"), "training": training,
-             "versions": versions(), "minimum_runtime": MINIMUM_RUNTIME[target]}
+             "versions": versions(), "minimum_runtime": metrics.get("minimum_runtime")}
     write_text(folder / MODEL_CARD, model_card(facts))
     manifest = {"format": "gpt2-to-phone manifest 1", **facts,
                 "files": file_entries(folder),
                 "signatures": {p.name: signatures(p) for p in sorted(folder.glob("*.tflite"))}}
     write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def runtime_line(target: str, runtime: dict | None) -> str:
+    if not runtime:
+        return "Minimum runtime: not computed."
+    where = ("TFLite with the select-TF-ops (Flex) delegate" if target == "text"
+             else "LiteRT-LM 0.18 or newer (CPU backend), whose LiteRT runs TFLite")
+    return (f"Minimum runtime: {where} {runtime['tflite']} (computed from the file's operator "
+            f"versions); Android: {', '.join(runtime['android'])}; iOS: "
+            f"{', '.join(runtime['ios'])}.")
 
 
 def model_card(f: dict) -> str:
@@ -150,6 +155,6 @@ def model_card(f: dict) -> str:
               "this. Small models (and the embedded default, pre-trained only on Python's "
               "documentation) repeat themselves and drift off topic. English only in "
               "practice.", "",
-              f"Minimum runtime: {f['minimum_runtime']}. Files, checksums and signatures: "
-              "`manifest.json`."]
+              runtime_line(f["target"], f["minimum_runtime"]) + " Files, checksums and "
+              "signatures: `manifest.json`."]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,8 @@ from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.half_cache import half_cache, kv_cache_dtype
+from pipeline.export.op_versions import (BUNDLE_RUNTIME, require_runtime, runtime_facts,
+                                         with_computed_versions)
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
 from pipeline.export.tflite import (check_size, convert_saved_model, quantize, read_model,
@@ -61,6 +63,8 @@ def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
     log(f"Converting the streaming model ({weights.count():,} parameters, context {context}, "
         f"prefill {lengths}, {ex.quantization}) ...")
     model_bytes, stored = streaming_tflite(weights, context, lengths, ex.quantization)
+    runtime = runtime_facts(model_bytes, "litertlm")
+    require_runtime(runtime, BUNDLE_RUNTIME, f"the {ex.quantization} bundle's .tflite")
     export_seconds = time.time() - started
 
     stem = f"gpt2_{ex.quantization}"
@@ -94,7 +98,7 @@ def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
         "bundle_bytes": bundle.stat().st_size, "tflite_bytes": len(model_bytes),
         "weight_bytes": stored, "parameters": weights.count(), "context": context,
         "prefill_lengths": lengths, "export_seconds": round(export_seconds, 1),
-        "verification": bundle_summary(verification),
+        "verification": bundle_summary(verification), "minimum_runtime": runtime,
     }
     log(f"Wrote {bundle} ({bundle.stat().st_size / 1e6:.1f} MB)")
     return BundleResult(bundle_path=bundle, metrics=metrics)
@@ -161,7 +165,7 @@ def streaming_tflite(weights, context: int, lengths, quantization: str):
         half_cache(rewritten)
     share_subgraphs(rewritten)  # every layer's attention branches, stored once
     check_size(rewritten, weights.count(), "none")
-    model = quantize(rewritten, quantization)
+    model = with_computed_versions(quantize(rewritten, quantization))
     return model, check_size(read_model(model), weights.count(), quantization)
 
 

@@ -11,8 +11,9 @@ NOT_COMPILED = ("These snippets follow the current public APIs but were not comp
                 "on a device here.")
 
 
-def text_model_snippets(file_name: str) -> str:
-    """Markdown: calling the one-shot text model from Kotlin with the select-TF-ops AAR."""
+def text_model_snippets(file_name: str, threads: int) -> str:
+    """Markdown: calling the one-shot text model from Kotlin (select-TF-ops AAR) and Swift
+    (select-TF-ops pod), with the thread count the benchmark used (`bench export`)."""
     return f"""## Android (Kotlin)
 
 {NOT_COMPILED}
@@ -27,7 +28,7 @@ import java.io.File
 import java.nio.ByteOrder
 
 fun complete(model: File /* {file_name} */, prompt: String): String =
-    Interpreter(model).use {{ interpreter ->
+    Interpreter(model, Interpreter.Options().setNumThreads({threads})).use {{ interpreter ->
         // A scalar string input takes the UTF-8 bytes of the prompt.
         val inputs = mapOf<String, Any>("prompt" to prompt.toByteArray(Charsets.UTF_8))
         interpreter.runSignature(inputs, HashMap<String, Any>(), "serving_default")
@@ -44,7 +45,34 @@ fun complete(model: File /* {file_name} */, prompt: String): String =
     }}
 ```
 
-iOS has no select-TF-ops (Flex) pod in current releases: on iOS use the `.litertlm` bundle.
+## iOS (Swift)
+
+{NOT_COMPILED}
+
+```ruby
+# Podfile: the select-TF-ops pod links the Flex delegate (add -force_load for it, as its
+# documentation says); released from 2.14.0 to 2.17.0
+pod 'TensorFlowLiteSwift', '~> 2.16.0'
+pod 'TensorFlowLiteSelectTfOps', '~> 2.16.0'
+```
+
+```swift
+import TensorFlowLite
+
+func complete(modelPath: String /* {file_name} */, prompt: String) throws -> String {{
+    var options = Interpreter.Options()
+    options.threadCount = {threads}
+    let interpreter = try Interpreter(modelPath: modelPath, options: options)
+    let runner = try interpreter.signatureRunner(with: "serving_default")
+    try runner.allocateTensors()
+    try runner.invoke(with: ["prompt": Data(prompt.utf8)])
+    // A scalar string tensor: count, offsets, total length, then the bytes (little-endian).
+    let data = try runner.output(named: "text").data
+    let start = Int(data.withUnsafeBytes {{ $0.load(fromByteOffset: 4, as: Int32.self) }})
+    let end = Int(data.withUnsafeBytes {{ $0.load(fromByteOffset: 8, as: Int32.self) }})
+    return String(decoding: data[start..<end], as: UTF8.self)  // prompt + generated text
+}}
+```
 """
 
 

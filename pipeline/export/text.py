@@ -24,13 +24,17 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from pipeline.config import ExportConfig, RunConfig, Sampler, dump_yaml
+from pipeline.config import ExportConfig, Quantization, RunConfig, Sampler, dump_yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
-from pipeline.export.tflite import (check_size, convert_saved_model, op_report,
-                                    outside_stock_runtime, quantize, read_model, tie_embedding)
+from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
+                                         with_computed_versions)
+from pipeline.export.row_scales import scales_in_graph
+from pipeline.export.tflite import (check_size, convert_saved_model, lookup_tables, op_report,
+                                    outside_stock_runtime, quantize, read_model, tie_embedding,
+                                    write_model)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.runtime.flex import require_flex, run_in_flex
@@ -77,6 +81,9 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
     if outside:
         raise PipelineError(f"the text model needs select-TF ops the stock select-TF-ops "
                             f"runtime lacks ({', '.join(outside)}); see tflite.STOCK_FLEX_OPS")
+    runtime = runtime_facts(model_bytes, "text")
+    require_runtime(runtime, STOCK_TEXT_RUNTIME, f"the {ex.quantization} text model")
+    ops["minimum_runtime"] = runtime
     export_seconds = time.time() - started
 
     name = f"gpt2_text_{ex.quantization}.tflite"
@@ -97,7 +104,7 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
                 f"text as {reference}")
         write_json(out / "ops.json", ops)
         write_text(out / "ops.md", ops_markdown(ops))
-        write_text(out / "README.md", mobile_readme(name, ex, parameters))
+        write_text(out / "README.md", mobile_readme(name, ex, parameters, runtime, ex.threads))
         write_text(out / "run_config.yaml", dump_yaml(cfg))
     model_path = final_dir / name
     metrics = {
@@ -108,7 +115,7 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
         "embedding_lookups": lookups, "max_length": ex.max_length, "sampler": ex.sampler,
         "export_seconds": round(export_seconds, 1),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "select_tf_ops": sorted(ops["select_tf"]),
+        "select_tf_ops": sorted(ops["select_tf"]), "minimum_runtime": runtime,
         "verification": None if verification is None else {
             k: verification[k] for k in ("prompts", "matches", "match_share", "reference")},
     }
@@ -123,7 +130,11 @@ def text_model_tflite(module, parameters: int, quantization: str):
     """Returns (flatbuffer, weight bytes, embedding lookups) of a TextModel module.
 
     SavedModel -> `from_saved_model` (which freezes the weights into the file, unlike
-    `from_concrete_functions`), tied table rewired, quantized, and checked for size.
+    `from_concrete_functions`), tied table rewired, quantized, per-row scales moved into the
+    graph (`row_scales.py`), operator versions and `min_runtime_version` computed
+    (`op_versions.py`), and checked for size. So the file runs on TFLite 2.16: in int4 mode
+    the looked-up tables (the tied token table, the position table) are int8, since TFLite
+    reads int4 lookup tables only from 2.18.
     """
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
@@ -131,8 +142,13 @@ def text_model_tflite(module, parameters: int, quantization: str):
     rewritten = read_model(float_model)
     lookups = tie_embedding(rewritten)
     check_size(rewritten, parameters, "none")  # a weightless or doubled file stops here
-    model_bytes = quantize(rewritten, quantization)
-    stored = check_size(read_model(model_bytes), parameters, quantization)
+    table_users, table_parameters = lookup_tables(rewritten)
+    eight_bit = table_users if quantization == Quantization.INT4 else ()
+    quantized = read_model(quantize(rewritten, quantization, eight_bit))
+    scales_in_graph(quantized)
+    model_bytes = with_computed_versions(write_model(quantized))
+    stored = check_size(read_model(model_bytes), parameters, quantization,
+                        table_parameters if eight_bit else 0)
     return model_bytes, stored, lookups
 
 
@@ -145,25 +161,30 @@ def ops_markdown(ops: dict) -> str:
         lines += [f"## {title}", ""]
         lines += [f"- `{name}` × {count}" for name, count in ops[kind].items()] or ["- none"]
         lines.append("")
+    runtime = ops["minimum_runtime"]
     lines += ["## Runtime", "",
+              f"Minimum TFLite runtime: **{runtime['tflite']}**, computed from every "
+              f"operator's version by TFLite's own tables (`tensorflow/lite/tools/versioning`), "
+              f"after quantization; the file's `min_runtime_version` metadata says "
+              f"{runtime['declared_in_file']}.", "",
+              "- Android: " + ", ".join(f"`{a}`" for a in runtime["android"])
+              + " (the newest stock select-TF-ops release).",
+              "- iOS (CocoaPods): " + ", ".join(f"`{p}`" for p in runtime["ios"]) + ".",
+              f"- Verified here in TFLite {runtime['checked_against']}'s interpreter (pip "
+              f"`tensorflow-cpu=={runtime['checked_against']}`) with the Flex delegate, in a "
+              "process that never imports TF-Text; not run on a phone.", "",
               "Every select TF op above is in the Flex delegate's allowlist "
               "(`tensorflow/lite/delegates/flex/allowlisted_flex_ops.cc`, unchanged for these "
-              "ops since before TF 2.16); none is a TF-Text op or a hash table. So the stock "
-              "Android library carries them: `org.tensorflow:tensorflow-lite-select-tf-ops:"
-              "2.16.1` (its latest release) with `org.tensorflow:tensorflow-lite:2.16.1`. "
-              "Verified here in TF 2.19's interpreter with the Flex delegate, in a process "
-              "that never imports TF-Text; not run on a phone. A quantized file also needs "
-              "the builtin EMBEDDING_LOOKUP version 4 (per-row quantized tables, TFLite 2.18+), "
-              "newer than that AAR: with it, ship the float file, or build the select-TF-ops "
-              "library for exactly this file's ops from TensorFlow 2.18 or newer:", "",
-              "```bash",
-              "bash tensorflow/lite/tools/build_aar.sh \\",
-              "  --input_models=gpt2_text_int8.tflite --target_archs=arm64-v8a",
-              "```", ""]
+              "ops since before TF 2.16); none is a TF-Text op or a hash table.", "",
+              "| operator | first TFLite release |", "| --- | --- |"]
+    lines += [f"| `{op}` | {v} |" for op, v in runtime["operators"].items()]
+    lines += ["", "TFLite's table gives FULLY_CONNECTED with int4 weights no version of its own; "
+              "the int4 file was run in the interpreter named above.", ""]
     return "\n".join(lines)
 
 
-def mobile_readme(name: str, ex: ExportConfig, parameters: int) -> str:
+def mobile_readme(name: str, ex: ExportConfig, parameters: int, runtime: dict,
+                  threads: int) -> str:
     return f"""# GPT-2 text model for mobile
 
 File: `{name}` ({parameters:,} parameters, {ex.quantization} weights).
@@ -177,6 +198,7 @@ File: `{name}` ({parameters:,} parameters, {ex.quantization} weights).
   `org.tensorflow:tensorflow-lite-select-tf-ops`). The tokenizer is a few TF string ops,
   all in the stock select-TF-ops library (no TF-Text op, no hash table). `ops.md` lists every
   op and which stock artifact runs the file.
-- Quantized weights need TFLite 2.18 or newer (per-row quantized EMBEDDING_LOOKUP).
+- Minimum runtime TFLite {runtime['tflite']} (Android `{runtime['android'][1]}`; iOS
+  {', '.join(f'`{p}`' for p in runtime['ios'])}); verified in TFLite {runtime['checked_against']}.
 
-""" + text_model_snippets(name)
+""" + text_model_snippets(name, threads)

@@ -6,14 +6,15 @@ Quantization modes: `pipeline.config.Quantization` (int4 and int8 through ai-edg
 How the tied token embedding is stored once: the converter emits `GATHER(wte, ids)` for the
 lookup and `FULLY_CONNECTED(x, wte)` for the logits on the same float tensor. Quantizing
 that as is gives two copies (per-tensor for GATHER, per-row for FULLY_CONNECTED). Rewriting
-the GATHER as an EMBEDDING_LOOKUP, whose hybrid kernel reads per-row int8/int4 scales (TFLite
-2.18+), lets ai-edge-quantizer quantize the one tensor once for both ops.
+the GATHER as an EMBEDDING_LOOKUP, whose hybrid kernel reads int8/int4 tables, lets
+ai-edge-quantizer quantize the one tensor once for both ops.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import re
 import tempfile
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def tie_embedding(model) -> int:
     The token embedding's GATHER shares its table with the logits' FULLY_CONNECTED; as an
     EMBEDDING_LOOKUP both ops accept the same per-row quantized tensor, so it is stored
     once. The position table becomes an EMBEDDING_LOOKUP too, so it is quantized as well.
-    Version 4 of EMBEDDING_LOOKUP (per-row quantized tables, TFLite 2.18+) makes an older
-    runtime refuse the model instead of returning zeros.
+    Its version is set by `op_versions.with_computed_versions` after quantization, from the
+    table's type (per-row int8/int4 tables: version 4, TFLite 2.18+); the text model moves
+    the per-row scales into the graph first (`row_scales.py`) so that it runs on 2.16.
     """
     ops = fu.schema_fb.BuiltinOperator
     types = fu.schema_fb.TensorType
@@ -97,7 +99,7 @@ def tie_embedding(model) -> int:
                     or getattr(op.builtinOptions, "axis", 0) != 0):
                 continue
             if lookup is None:
-                lookup = opcode_index(model, ops.EMBEDDING_LOOKUP, 4)
+                lookup = opcode_index(model, ops.EMBEDDING_LOOKUP, 1)
             op.opcodeIndex = lookup
             op.inputs = np.array([indices, params], dtype=np.int32)  # (lookup ids, table)
             op.builtinOptionsType = 0
@@ -186,9 +188,13 @@ def _unique_tensor_names(model) -> None:
                 tensor.name = f"{name}__sg{index}_{seen[name]}".encode()
 
 
-def quantize(model, mode: str) -> bytes:
+def quantize(model, mode: str, eight_bit_ops=()) -> bytes:
     """Returns the float32 object-API model as a flatbuffer quantized in `mode` (a
-    Quantization); repeated tensor names are made unique in place first."""
+    Quantization); repeated tensor names are made unique in place first.
+
+    `eight_bit_ops` (in int4 mode): operators, as (subgraph index, operator index), whose
+    weights are quantized to int8 instead (the text model's tied token table, see
+    text.text_model_tflite)."""
     mode = Quantization(mode)
     if mode == Quantization.NONE:
         return write_model(model)
@@ -206,7 +212,21 @@ def quantize(model, mode: str) -> bytes:
             qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
         else:
             qt.load_quantization_recipe(recipe.dynamic_wi4_afp32())
+            for sg_index, op_index in eight_bit_ops:
+                sg = model.subgraphs[sg_index]
+                op = sg.operators[op_index]
+                name = tensor_name(sg.tensors[op.outputs[0]])
+                code = builtin_code(model.operatorCodes[op.opcodeIndex])
+                qt.add_dynamic_config(
+                    regex=f"^{re.escape(name)};$", operation_name=_OPERATION_NAMES[code],
+                    num_bits=8)
         return bytes(qt.quantize().quantized_model)
+
+
+_OPERATION_NAMES = {
+    fu.schema_fb.BuiltinOperator.FULLY_CONNECTED: qtyping.TFLOperationName.FULLY_CONNECTED,
+    fu.schema_fb.BuiltinOperator.EMBEDDING_LOOKUP: qtyping.TFLOperationName.EMBEDDING_LOOKUP,
+}
 
 
 def op_report(flatbuffer: bytes) -> dict:
@@ -274,17 +294,35 @@ def _buffer_size(buffer) -> int:
         else 0
 
 
-def check_size(model, parameters: int, mode: str) -> int:
+def lookup_tables(model) -> tuple[list, int]:
+    """Returns the operators that read a looked-up constant table, as (subgraph, operator)
+    indices (the lookups and the tied output projection), and the tables' elements."""
+    tables = set()
+    for si, sg in enumerate(model.subgraphs):
+        for op in sg.operators:
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) == \
+                    fu.schema_fb.BuiltinOperator.EMBEDDING_LOOKUP:
+                tables.add((si, int(op.inputs[1])))
+    users = [(si, oi) for si, sg in enumerate(model.subgraphs)
+             for oi, op in enumerate(sg.operators)
+             if any((si, int(i)) in tables for i in op.inputs)]
+    elements = sum(int(np.prod(model.subgraphs[si].tensors[t].shape)) for si, t in tables)
+    return users, elements
+
+
+def check_size(model, parameters: int, mode: str, eight_bit_parameters: int = 0) -> int:
     """Raises PipelineError unless the object-API model stores `parameters` weights once;
     returns their bytes.
 
     A file whose weights take much less than parameters x bytes-per-weight has lost them
     (from_concrete_functions did this to Keras 3 models); one well above stores some twice
     (GPT-2's tied embedding is 31% of its weights). Biases, LayerNorm and per-row scales
-    stay float32: up to 12% slack, plus 16 KB of graph constants.
+    stay float32: up to 12% slack, plus 16 KB of graph constants. `eight_bit_parameters` of
+    them are int8 whatever the mode (the int4 text model's token and position tables).
     """
     stored = weight_bytes(model)
-    expected = parameters * BYTES_PER_WEIGHT[Quantization(mode)]
+    expected = ((parameters - eight_bit_parameters) * BYTES_PER_WEIGHT[Quantization(mode)]
+                + eight_bit_parameters * BYTES_PER_WEIGHT[Quantization.INT8])
     if stored < 0.95 * expected or stored > 1.12 * expected + 16384:
         raise PipelineError(
             f"{mode} model stores {stored / 1e6:.2f} MB of weights but {parameters:,} "

@@ -1,8 +1,10 @@
 """Running a text `.tflite` in TFLite's Flex interpreter, which lives in another environment.
 
-TF 2.19 is the last pip build whose Python interpreter links the Flex (select TF ops)
-delegate, and keras-hub needs TF >= 2.20, so the file runs in `.venv-flex` (made by the
-Makefile) through `pipeline/runtime/flex_child.py`, which imports nothing else of the project.
+The text model is verified in TFLite 2.16.1, the runtime of the newest stock select-TF-ops
+library mobile teams install (`org.tensorflow:tensorflow-lite-select-tf-ops:2.16.1`): pip's
+`tensorflow-cpu==2.16.1` links the Flex delegate into its Python interpreter. keras-hub needs
+TF >= 2.20, so the file runs in `.venv-flex` (made by the Makefile) through
+`pipeline/runtime/flex_child.py`, which imports nothing else of the project.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def require_flex(export: ExportConfig) -> Path:
     if not python.exists():
         raise PipelineError(
             f"export.verify needs a Python whose TFLite interpreter has the Flex delegate "
-            f"(TF <= 2.19) at {python}: run `make flex-env` or set export.verify: false"
+            f"(TF 2.16.1) at {python}: run `make flex-env` or set export.verify: false"
         )
     return python
 

@@ -1,7 +1,7 @@
 """Runs a text `.tflite` in TFLite's Python interpreter with the Flex (select TF ops) delegate.
 
-TF 2.19 is the last pip build whose Python interpreter links the Flex delegate, and keras-hub
-needs TF >= 2.20, so this file runs in a separate environment (`.venv-flex`, made by the
+The interpreter is TF 2.16.1's (the runtime of the newest stock select-TF-ops AAR), and
+keras-hub needs TF >= 2.20, so this file runs in a separate environment (`.venv-flex`, made by the
 Makefile) as `python -m pipeline.runtime.flex_child MODEL.tflite PROMPTS.json OUT.json`
 (parent side: `pipeline/runtime/flex.py`). It imports
 nothing from the rest of the project, and not `tensorflow_text`: the text model needs only
