@@ -1,8 +1,10 @@
-"""`python -m pipeline bench export`: text-model size per quantization, export time, RSS.
+"""`python -m pipeline bench export`: the text model's size, export cost and speed.
 
 For each quantization mode, exports the one-shot text model in a child process and records
 file size against the target, export wall time and the child's peak RSS, then runs the file
-once in the Flex interpreter. Model: `gpt2_base.py` (GPT-2 base shape, random weights).
+once in the Flex interpreter. Then `text_speed.py` times the text model as an app calls it,
+beside the bundle and llama.cpp (int8 and int4, 1 and 2 threads). Model: `gpt2_base.py`
+(GPT-2 base shape, random weights).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from pipeline.bench.gpt2_base import tokenizer_and_weights
+from pipeline.bench.text_speed import bench_speed, markdown as speed_markdown
 from pipeline.config import PROJECT_ROOT, ExportConfig
 from pipeline.export.graph import GPT2Graph
 from pipeline.export.text import text_model_tflite
@@ -91,16 +94,39 @@ def main(argv) -> int:
     parser.add_argument("--preset", help="a real preset instead of random GPT-2-base weights")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--flex-python", default=".venv-flex/bin/python")
+    parser.add_argument("--speed-modes", default="int8,int4",
+                        help="modes timed beside the bundle and llama.cpp (empty: none)")
+    parser.add_argument("--threads", default="1,2", help="thread counts for the speed table")
+    parser.add_argument("--llama-bench", type=Path,
+                        help="llama.cpp's llama-bench binary (../shared/anchors/llamacpp.sh paths)")
+    parser.add_argument("--gguf", type=Path, nargs="*", default=[],
+                        help="GGUF files of the same shape (Q8_0 beside int8, Q4_0 beside int4)")
     args = parser.parse_args(argv)
+    if args.gguf and not args.llama_bench:
+        parser.error("--gguf needs --llama-bench")
+    for path in [args.llama_bench, *args.gguf] if args.llama_bench else []:
+        if not path.is_file():
+            print(f"error: {path} does not exist (build it: ../shared/anchors/llamacpp.sh paths)",
+                  file=sys.stderr)
+            return 2
     flex = Path(args.flex_python)
     flex = flex if flex.is_absolute() else PROJECT_ROOT / flex
-    result = bench_export(Path(args.out), args.modes.split(","), args.preset, args.max_length,
-                          flex)
-    table = markdown_table(result)
+    modes = [m for m in args.modes.split(",") if m]
+    result = bench_export(Path(args.out), modes, args.preset, args.max_length, flex) \
+        if modes else {"rows": []}
+    table = markdown_table(result) if modes else ""
+    speed_modes = [m for m in args.speed_modes.split(",") if m]
+    if speed_modes:
+        threads = [int(t) for t in args.threads.split(",")]
+        result["speed"] = bench_speed(Path(args.out), args.preset, speed_modes, threads, flex,
+                                      args.llama_bench, args.gguf)
+        table += "\n" + speed_markdown(result["speed"])
     write_benchmark(args.out, "export", result, table)
     return 0 if all(r["meets_target"] for r in result["rows"]) else 1
 
 
-if __name__ == "__main__":  # the child process of one export: MODE OUT_FILE PRESET MAX_LENGTH
+if __name__ == "__main__":  # one export: MODE OUT_FILE PRESET MAX_LENGTH [STEP_JSON]
     mode, out_file, preset, max_length = sys.argv[1:5]
     export_one(mode, out_file, preset or None, int(max_length))
+    if len(sys.argv) > 5:  # as a child.json_step
+        Path(sys.argv[5]).write_text(Path(out_file + ".json").read_text())

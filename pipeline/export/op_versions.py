@@ -25,6 +25,7 @@ import tensorflow as tf
 from ai_edge_litert.tools import flatbuffer_utils as fu
 
 from pipeline.errors import PipelineError
+from pipeline.export.tflite import read_model, write_model
 
 # The stock runtimes mobile teams install (README "On a phone"). The text model needs the
 # select-TF-ops library, whose newest Maven release is 2.16.1 (LiteRT ships none); the iOS
@@ -73,7 +74,7 @@ def with_computed_versions(flatbuffer: bytes) -> bytes:
     codes are merged after. A field at its default (version 1) is not in the buffer and could
     not be written, so every code is written with version 0 first.
     """
-    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    model = read_model(flatbuffer)
     codes, model.operatorCodes = model.operatorCodes, []
     for sg in model.subgraphs:
         for op in sg.operators:
@@ -84,13 +85,15 @@ def with_computed_versions(flatbuffer: bytes) -> bytes:
             model.operatorCodes.append(code)
             op.opcodeIndex = len(model.operatorCodes) - 1
     _ensure_metadata(model)
-    buffer = ctypes.create_string_buffer(bytes(fu.convert_object_to_bytearray(model)))
+    buffer = ctypes.create_string_buffer(write_model(model))
+    del model
     update_ops, update_runtime = _tflite_versioning()
     update_ops(buffer)
     update_runtime(buffer)
-    model = fu.convert_bytearray_to_object(bytearray(buffer.raw))
+    model = read_model(buffer.raw)
+    del buffer
     _merge_codes(model)
-    return bytes(fu.convert_object_to_bytearray(model))
+    return write_model(model)
 
 
 def minimum_runtime(flatbuffer: bytes) -> dict:

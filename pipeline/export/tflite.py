@@ -64,9 +64,16 @@ def opcode_index(model, code: int, version: int) -> int:
 
 
 def read_model(flatbuffer: bytes):
-    """The flatbuffer as an object-API model, for the rewrites below (buffers inline: before
-    quantizing, which stores large buffers after the flatbuffer)."""
-    return fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    """The flatbuffer as an object-API model, for the rewrites below. Buffers that the
+    quantizer stored after the flatbuffer (offset and size) are read inline, so that
+    `write_model` writes them back."""
+    model = fu.convert_bytearray_to_object(bytearray(flatbuffer))
+    for buffer in model.buffers:
+        offset, size = int(getattr(buffer, "offset", 0) or 0), int(getattr(buffer, "size", 0) or 0)
+        if offset > 1 and buffer.data is None:
+            buffer.data = np.frombuffer(flatbuffer, dtype=np.uint8, count=size, offset=offset)
+            buffer.offset = buffer.size = 0
+    return model
 
 
 def write_model(model) -> bytes:

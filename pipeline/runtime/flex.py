@@ -35,8 +35,10 @@ def require_flex(export: ExportConfig) -> Path:
     return python
 
 
-def run_in_flex(model_path: Path, prompts: list[str], export: ExportConfig) -> dict:
-    """Runs the .tflite on each prompt in the Flex interpreter; returns the child's report."""
+def run_in_flex(model_path: Path, prompts: list[str], export: ExportConfig,
+                threads: int | None = None) -> dict:
+    """Runs the .tflite on each prompt in the Flex interpreter (with `threads`, else TFLite's
+    default); returns the child's report."""
     python = require_flex(export)
     with tempfile.TemporaryDirectory() as tmp:
         prompts_file, out_file = Path(tmp) / "prompts.json", Path(tmp) / "out.json"
@@ -44,7 +46,7 @@ def run_in_flex(model_path: Path, prompts: list[str], export: ExportConfig) -> d
         env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
         proc = subprocess.run(
             [str(python), "-m", "pipeline.runtime.flex_child", str(model_path),
-             str(prompts_file), str(out_file)],
+             str(prompts_file), str(out_file), *([str(threads)] if threads else [])],
             capture_output=True, text=True, env=env, cwd=str(PROJECT_ROOT),
         )
         if proc.returncode != 0:
