@@ -114,6 +114,20 @@ def test_builtin_ops_only(int8_bundle):
     assert "DYNAMIC_UPDATE_SLICE" in ops["builtin"] and "EMBEDDING_LOOKUP" in ops["builtin"]
 
 
+def test_bundle_runtime_is_computed_from_its_operators(int8_bundle, fp32_bundle):
+    from pipeline.export.op_versions import BUNDLE_RUNTIME, metadata_runtime, needing_newer
+
+    path = int8_bundle.bundle_path.with_suffix(".tflite")
+    runtime = int8_bundle.metrics["minimum_runtime"]
+    # per-row int8 tables (the lookup's version 4) and the float16 cache's in-place update:
+    # both in LiteRT-LM's runtime
+    assert runtime["operators"]["EMBEDDING_LOOKUP v4"] == "2.18.0"
+    assert runtime["operators"]["DYNAMIC_UPDATE_SLICE v3"] == "2.19.0" == runtime["tflite"]
+    assert metadata_runtime(path.read_bytes()) == "2.19.0"
+    assert needing_newer(runtime, BUNDLE_RUNTIME) == {}
+    assert "EMBEDDING_LOOKUP v1" in fp32_bundle.metrics["minimum_runtime"]["operators"]
+
+
 def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
     with pytest.raises(ConfigError, match="export.prefill_lengths: 128 is longer than the "
                                           "context 96"):
