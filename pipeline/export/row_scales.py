@@ -7,11 +7,12 @@ stock select-TF-ops library mobile teams can install is 2.16.1. This rewrite kee
 int8 values and the same per-row scales, but moves the scales out of the tensor into the
 graph: the weight gets one scale of 1.0, and
 
-    FULLY_CONNECTED(x, W[s]) + b      ->  FULLY_CONNECTED(x, W[1.0]) * s + b
+    FULLY_CONNECTED(x, W[s], b)       ->  FULLY_CONNECTED(x, W[1.0], b / s) * s
     EMBEDDING_LOOKUP(ids, E[s])       ->  EMBEDDING_LOOKUP(ids, E[1.0]) * GATHER(s, ids)
 
 which is the same arithmetic (the hybrid kernel multiplies its int32 sums by input scale x
-weight scale), through operator versions TFLite has run since 1.15. The int8 table is still
+weight scale, then adds the bias), through operator versions TFLite has run since 1.15. One
+MUL per weight and no other operator: each operator costs a few microseconds per step. The int8 table is still
 stored once for the lookup and the tied output projection; `s` is stored once per weight
 (float32, one value per row: what the per-channel quantization held).
 
@@ -83,20 +84,16 @@ def _rewrite(model, sg, op, code: int, weight: int, row_scales, scales: dict) ->
     if code == OPS.FULLY_CONNECTED:
         if op.builtinOptions.fusedActivationFunction != 0:
             raise ValueError("a fused activation after a per-row weight cannot be rewritten")
+        # (1, rows) when the output is one row: the same shape, no broadcast in the MUL
+        shape = (1, rows) if list(out.shape) == [1, rows] else (rows,)
+        s = _scale_tensor(model, sg, scales, weight, row_scales, shape)
         bias = int(op.inputs[2]) if len(op.inputs) > 2 else -1
-        s = _scale_tensor(model, sg, scales, weight, row_scales, (rows,))
-        inputs = list(op.inputs)
-        if len(inputs) > 2:
-            inputs[2] = -1  # the bias is added after the scales
-        op.inputs = np.array(inputs, dtype=np.int32)
-        if bias < 0:
-            mul.inputs, mul.outputs = np.array([raw, s], np.int32), np.array([output], np.int32)
-            return [op, mul]
-        scaled = _tensor(sg, out.shape, TYPES.FLOAT32, f"{_name(out)}/scaled")
-        mul.inputs, mul.outputs = np.array([raw, s], np.int32), np.array([scaled], np.int32)
-        add = _op(model, OPS.ADD, fu.schema_fb.AddOptionsT())
-        add.inputs, add.outputs = np.array([scaled, bias], np.int32), np.array([output], np.int32)
-        return [op, mul, add]
+        if bias >= 0:  # (x W + b / s) * s = x W s + b: the bias stays inside the kernel
+            inputs = list(op.inputs)
+            inputs[2] = _divided_bias(model, sg, bias, row_scales)
+            op.inputs = np.array(inputs, dtype=np.int32)
+        mul.inputs, mul.outputs = np.array([raw, s], np.int32), np.array([output], np.int32)
+        return [op, mul]
     # EMBEDDING_LOOKUP(ids, table) -> (T, H); each looked-up row times its scale, (T, 1)
     ids = int(op.inputs[0])
     s = _scale_tensor(model, sg, scales, weight, row_scales, (rows, 1))
@@ -106,6 +103,24 @@ def _rewrite(model, sg, op, code: int, weight: int, row_scales, scales: dict) ->
     gather.inputs, gather.outputs = np.array([s, ids], np.int32), np.array([looked_up], np.int32)
     mul.inputs, mul.outputs = np.array([raw, looked_up], np.int32), np.array([output], np.int32)
     return [gather, op, mul]
+
+
+def _divided_bias(model, sg, bias: int, row_scales) -> int:
+    """The kernel's bias input as b / s: the constant rewritten in place when this operator
+    is its only reader (the usual case: no second copy), else a new constant."""
+    tensor = sg.tensors[bias]
+    values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.float32)
+    data = np.frombuffer((values / row_scales).astype(np.float32).tobytes(), np.uint8)
+    readers = sum(int(i) == bias for op in sg.operators for i in op.inputs)
+    sharing = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors)
+    if readers == 1 and sharing == 1:
+        model.buffers[tensor.buffer].data = data
+        return bias
+    buffer = fu.schema_fb.BufferT()
+    buffer.data = data
+    model.buffers.append(buffer)
+    return _tensor(sg, list(tensor.shape), TYPES.FLOAT32, f"{_name(tensor)}/over_row_scales",
+                   buffer=len(model.buffers) - 1)
 
 
 def _scale_tensor(model, sg, scales: dict, weight: int, values, shape) -> int:

@@ -70,9 +70,13 @@ def test_model_card_is_written_from_the_run(exported):
     assert "36 training examples, 5000 tokens" in card
     assert "Validation perplexity, after fine-tuning: 42.50" in card
     assert "Limitations and biases" in card and "WebText" in card
+    manifest = json.loads((exported / "export" / "text" / "manifest.json").read_text())
+    runtime = manifest["minimum_runtime"]  # computed from the file, as the card says
+    assert f"delegate {runtime['tflite']} (computed from the file's operator versions)" in card
+    assert "tensorflow-lite-select-tf-ops:2.16.1" in card
 
 
-@pytest.mark.parametrize("target,languages", [("text", ["kotlin"]),
+@pytest.mark.parametrize("target,languages", [("text", ["kotlin", "swift"]),
                                               ("litertlm", ["kotlin", "swift"])])
 def test_readme_has_snippets_that_name_the_folder_files(exported, target, languages):
     folder = exported / "export" / target
