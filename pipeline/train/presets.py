@@ -4,7 +4,10 @@ A preset is one of:
   - "embedded": the small GPT-2 this project builds offline (see `pipeline.train.embedded_base`);
   - a keras-hub preset name such as "gpt2_base_en" (downloaded from Kaggle);
   - an "hf://org/name" or "kaggle://owner/model/keras/variant" handle;
-  - a local preset folder (what `save_preset` writes).
+  - a local preset folder (what `save_preset` writes);
+  - a local Hugging Face GPT-2 checkpoint folder (`config.json` with `model_type: gpt2`,
+    `model.safetensors` or a sharded index, `vocab.json`, `merges.txt`: what
+    `save_pretrained` writes), read by keras-hub's own converter.
 
 Example:
     >>> lm = load_causal_lm("embedded")
@@ -13,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -39,14 +43,44 @@ def _known_names() -> list[str]:
     return sorted(keras_hub.models.GPT2Backbone.presets)
 
 
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+HF_TOKENIZER = ("vocab.json", "merges.txt")
+
+
 def check_local_preset(folder: Path) -> Path:
-    """Returns `folder` if it holds a keras-hub preset with weights, else raises PresetError."""
+    """Returns `folder` if it holds a keras-hub preset with weights or a Hugging Face GPT-2
+    checkpoint keras-hub can convert, else raises PresetError naming what is missing."""
     if not folder.is_dir():
         raise PresetError(f"preset folder {folder} does not exist")
-    if not (folder / "config.json").is_file():
-        raise PresetError(f"preset folder {folder} has no config.json: it is not a keras-hub preset")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise PresetError(f"preset folder {folder} has no config.json: it is neither a keras-hub "
+                          f"preset nor a Hugging Face checkpoint")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PresetError(f"{config_file}: not valid JSON ({_cause(e)})") from None
+    if isinstance(config, dict) and "model_type" in config and "registered_name" not in config:
+        return _check_hf_checkpoint(folder, config)
     if not (folder / WEIGHTS_FILE).is_file():
         raise PresetError(f"preset folder {folder} has no {WEIGHTS_FILE}: the weights are missing")
+    return folder
+
+
+def _check_hf_checkpoint(folder: Path, config: dict) -> Path:
+    if config["model_type"] != "gpt2":
+        raise PresetError(f"{folder} is a Hugging Face {config['model_type']!r} checkpoint; "
+                          f"this project trains GPT-2 (model_type 'gpt2')")
+    if not any((folder / name).is_file() for name in HF_WEIGHTS):
+        torch_only = [p.name for p in folder.glob("pytorch_model*.bin")]
+        hint = (f" (it has {torch_only[0]}: save it again with save_pretrained(..., "
+                f"safe_serialization=True))" if torch_only else "")
+        raise PresetError(f"Hugging Face checkpoint {folder} has no model.safetensors: the "
+                          f"weights are missing{hint}")
+    missing = [name for name in HF_TOKENIZER if not (folder / name).is_file()]
+    if missing:
+        raise PresetError(f"Hugging Face checkpoint {folder} has no {' or '.join(missing)}: the "
+                          f"tokenizer files are missing (save the tokenizer beside the model)")
     return folder
 
 
