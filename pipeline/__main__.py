@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -10,8 +11,9 @@ import yaml
 
 from pipeline.config import Sampler, Sampling, load_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.report import write_metrics
+from pipeline.report import read_metrics, write_metrics
 from pipeline.run_folder import RunFolder, writable_folder
+from pipeline.signals import die_with_parent, stop_on_sigterm
 
 # Each command imports its stage inside its function: stage modules load TensorFlow and
 # keras-hub (several seconds), which `--help`, `generate` and config errors do not need.
@@ -26,37 +28,60 @@ def parse_sets(items: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.epochs=1")
         node = overrides
         *parents, leaf = key.split(".")
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value) if value else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: an earlier --set gave "
+                                  f"{'.'.join(parents[:i + 1])} a value, not settings")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"--set {item!r}: an earlier --set gave settings inside {key}")
+        try:
+            node[leaf] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            what = str(getattr(e, "problem", "") or "not a YAML value").strip()
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({what}); quote "
+                              f"text, e.g. --set '{key}=\"...\"'") from None
     return overrides
 
 
 def cmd_run(args) -> None:
     from pipeline.run import run
 
-    folder = run(args.config, parse_sets(args.set))
+    stop_on_sigterm()
+    die_with_parent()
+    folder = run(args.config, parse_sets(args.set), fresh=args.fresh)
     print(f"Run finished: {folder}")
 
 
 def cmd_sweep(args) -> None:
     from pipeline.sweep.run import main as sweep_main
 
+    stop_on_sigterm()
     sys.exit(sweep_main(args.sweep, jobs=args.jobs))
 
 
-def stage_folder(args, cfg) -> RunFolder:
-    """The folder a direct stage command writes: --run-dir, else <output_dir>/<name>."""
+def stage_folder(args, cfg, stage: str) -> RunFolder:
+    """The folder a direct stage command writes: --run-dir, else <output_dir>/<name>. A
+    finished `pipeline run` folder, a sweep's folder, or one where this stage already finished
+    is refused: a direct command never edits a finished run in place (a sweep trusts it)."""
     root = args.run_dir or os.path.join(cfg.output_dir, cfg.name)
     writable_folder(os.path.dirname(os.path.abspath(root)), "--run-dir")
-    return RunFolder(root)
+    folder = RunFolder(root)
+    done = read_metrics(folder.root) if folder.root.is_dir() else {}
+    why = ("a finished run (made by pipeline run)" if "run" in done else
+           "a sweep's folder" if (folder.root / "points").is_dir() else
+           f"a folder where {stage} already finished" if stage in done else "")
+    if why:
+        raise PipelineError(f"{folder.root} is {why}: give --run-dir a new folder (a direct "
+                            f"{stage} never edits a finished one)")
+    return folder
 
 
 def cmd_finetune(args) -> None:
     from pipeline.train.finetune import finetune
 
     cfg = load_config(args.config, parse_sets(args.set))
-    with stage_folder(args, cfg).lock() as folder:
+    with stage_folder(args, cfg, "finetune").lock() as folder:
         result = finetune(cfg, folder.root)
         write_metrics(folder.root, "finetune", result.metrics)
     m = result.metrics
@@ -68,7 +93,7 @@ def cmd_distill(args) -> None:
     from pipeline.train.distill import distill
 
     cfg = load_config(args.config, parse_sets(args.set))
-    with stage_folder(args, cfg).lock() as folder:
+    with stage_folder(args, cfg, "distill").lock() as folder:
         result = distill(cfg, folder.root, teacher=args.teacher)
         write_metrics(folder.root, "distill", result.metrics)
     ppl = result.metrics["val_perplexity"]
@@ -80,7 +105,7 @@ def cmd_export(args) -> None:
     from pipeline.export.stage import export_preset
 
     cfg = load_config(args.config, parse_sets(args.set))
-    with stage_folder(args, cfg).lock() as folder:
+    with stage_folder(args, cfg, "export").lock() as folder:
         results = export_preset(cfg, folder.root, preset=args.preset)
         write_metrics(folder.root, "export",
                       {"teacher": {k: r.metrics for k, r in results.items()}})
@@ -95,22 +120,40 @@ def cmd_generate(args) -> None:
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: {args.max_new_tokens} must be >= 1")
-    if args.temperature <= 0:
-        raise ConfigError(f"--temperature: {args.temperature} must be > 0")
+    if not args.temperature > 0 or not math.isfinite(args.temperature):
+        raise ConfigError(f"--temperature: {args.temperature} must be a number > 0")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p: {args.top_p} must be in (0, 1]")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: {args.top_k} must be >= 1")
+    if args.threads < 1:
+        raise ConfigError(f"--threads: {args.threads} must be >= 1")
+    if not 0 <= args.seed < 2 ** 32:
+        raise ConfigError(f"--seed: {args.seed} must be in [0, 2**32)")
     bundle = find_bundle(args.bundle)
     context = context_of(bundle)
     sampling = Sampling(Sampler(args.sampler), top_k=args.top_k, top_p=args.top_p,
                         temperature=args.temperature, seed=args.seed)
     n = check_prompt(bundle, args.prompt, context)
-    eng = engine(bundle, args.threads, max_tokens=context)
+    try:
+        eng = engine(bundle, args.threads, max_tokens=context)
+    except (RuntimeError, ValueError) as e:
+        raise PipelineError(f"the runtime cannot open {bundle}: {_first_line(e)}") from None
     try:
         new = min(args.max_new_tokens, context - n)
         print(args.prompt, end="", flush=True)
         for piece in stream_generate(bundle, args.prompt, new, sampling, eng=eng):
             print(piece, end="", flush=True)
         print()
+    except (RuntimeError, ValueError) as e:  # e.g. a prompt too long for a bare bundle
+        print(flush=True)
+        raise PipelineError(f"the runtime refused the prompt: {_first_line(e)}") from None
     finally:
         eng.close()
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def cmd_bench(args) -> None:
@@ -147,6 +190,8 @@ def main(argv=None) -> int:
 
     p = with_config(sub.add_parser("run", help="run the stage notebooks with papermill into "
                                                "<output_dir>/<name>/"))
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: do not reuse the stages an interrupted attempt finished")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("sweep", help="one run per point of a grid of overrides, then a summary "
                                      "(README: Sweeps)")

@@ -13,74 +13,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import enum
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline.choices import (Distribution, Precision, Quantization, Sampler,  # noqa: F401
+                              Sampling, choices)
 from pipeline.errors import ConfigError
 from pipeline.overrides import apply_overrides, read_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class Quantization(str, enum.Enum):
-    """How exported weights are stored (config `export.quantization`, CLI, export, README).
-
-    none  float32 weights;
-    fp16  float16 weights, dequantized once when the interpreter prepares the model;
-    int8  dynamic range: int8 weights with one scale per output row, activations quantized
-          on the fly inside FULLY_CONNECTED (the default);
-    int4  the same with 4-bit weights.
-    """
-    NONE = "none"
-    FP16 = "fp16"
-    INT8 = "int8"
-    INT4 = "int4"
-
-
-class Sampler(str, enum.Enum):
-    """How the next token is picked (config `export.sampler`, `generate --sampler`).
-
-    greedy  the most likely token;
-    top_k   sample among the k most likely tokens;
-    top_p   sample among the most likely tokens that hold probability mass p.
-    """
-    GREEDY = "greedy"
-    TOP_K = "top_k"
-    TOP_P = "top_p"
-
-
-class Distribution(str, enum.Enum):
-    """Which tf.distribute strategy trains (`finetune.distribution`): train/distribution.py."""
-    AUTO = "auto"
-    NONE = "none"
-    MIRRORED = "mirrored"
-    MULTI_WORKER = "multi_worker"
-    TPU = "tpu"
-
-
-class Precision(str, enum.Enum):
-    """The trained models' dtype policy (`finetune.precision`): train/distribution.py."""
-    FLOAT32 = "float32"
-    MIXED_FLOAT16 = "mixed_float16"
-    MIXED_BFLOAT16 = "mixed_bfloat16"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One sampler's settings: used by Keras generations, the text model and LiteRT-LM alike."""
-    sampler: Sampler = Sampler.GREEDY
-    top_k: int = 40  # top_k: sample among the k most likely tokens
-    top_p: float = 0.9  # top_p: the probability mass kept
-    temperature: float = 1.0  # logits are divided by this before sampling
-    seed: int = 0  # sampling is a pure function of (seed, step): same prompt, same text
-
-
-def choices(enum_type) -> str:
-    return ", ".join(m.value for m in enum_type)
 
 
 @dataclass(frozen=True)
@@ -226,8 +171,13 @@ def validate(cfg: RunConfig) -> None:
     """Raises ConfigError for values that have the right type but an impossible value."""
     data, ft, ev, ex, ds = cfg.data, cfg.finetune, cfg.eval, cfg.export, cfg.distill
     checks = [
-        (bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
-         f"name: {cfg.name!r} must be a plain folder name"),
+        (bool(cfg.name) and not set(cfg.name) & set("/\\\0") and len(cfg.name) <= 200
+         and not cfg.name.startswith(".") and cfg.name.isprintable(),
+         f"name: {cfg.name!r} must be a plain folder name (no /, no leading dot, printable, "
+         f"at most 200 characters)"),
+        (not cfg.name.endswith(".partial"),
+         f"name: {cfg.name!r} ends with .partial, the suffix of an unfinished run's folder: "
+         f"choose another name"),
         (data.format in ("auto", "txt", "jsonl", "csv"),
          f"data.format: {data.format!r} is not one of auto, txt, jsonl, csv"),
         (data.txt_mode in ("auto", "line", "paragraph"),
@@ -275,6 +225,25 @@ def validate(cfg: RunConfig) -> None:
         (bool(ex.prefill_lengths) and min(ex.prefill_lengths) >= 1,
          f"export.prefill_lengths: {list(ex.prefill_lengths)} must be one or more lengths >= 1"),
         (ex.threads >= 1, f"export.threads: {ex.threads} must be >= 1"),
+    ]
+    for section, values in (("data", data), ("finetune", ft), ("eval", ev), ("distill", ds),
+                            ("export", ex)):
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                checks.append((False, f"{section}.{f.name}: {value} must be a finite number"))
+            if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2 ** 32:
+                checks.append((False, f"{section}.{f.name}: {value} must be in [0, 2**32)"))
+    checks += [
+        (ev.batch_size >= 1, f"eval.batch_size: {ev.batch_size} must be >= 1"),
+        (bool(ev.prompts) and all(p.strip() for p in ev.prompts),
+         f"eval.prompts: {list(ev.prompts)} must be one or more non-empty prompts"),
+        (all(p.strip() for p in ex.prompts),
+         f"export.prompts: {list(ex.prompts)} must not hold an empty prompt (an empty list "
+         f"means eval.prompts plus edge cases)"),
+        (not ex.enabled or bool(ex.targets),
+         "export.targets: [] names no target; give text, litertlm or both, or set "
+         "export.enabled: false"),
     ]
     for ok, message in checks:
         if not ok:

@@ -2,15 +2,22 @@
 
 A run is built in `<output_dir>/<name>.partial/` and renamed to `<output_dir>/<name>/` only
 when every stage succeeded, so a finished-looking run folder is always complete (its layout:
-`RunFolder`). While it runs, a lock refuses a second run of the same name. An interrupted or
-failed run keeps the `.partial` folder only if it can resume from it (a finished stage or a
-checkpoint); running the same config again skips finished stages and resumes the fine-tune
-from its last epoch (a different config starts afresh). Stage times are printed at the end
-and recorded in metrics.json under "run".
+`RunFolder`). While it runs, a lock refuses a second run (or a sweep) of the same name; a
+name whose folder is not a run's (a sweep's, say) is refused, never replaced.
+
+Resume is per stage: each stage's fingerprint (`fingerprints`: its config sections, the data
+files' contents, the fingerprints of the stages it reads) is recorded in `stages.json` when it
+starts. Running again after a failure or an interruption reuses every finished stage whose
+fingerprint is unchanged and resumes an unfinished fine-tune from its last checkpoint; a stage
+whose fingerprint changed is run again, with every stage after it (so a changed
+`export.quantization` re-runs only export, a changed data file everything). `fresh=True`
+(`--fresh`) starts over. Stage times and the reused stages are recorded in metrics.json under
+"run".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,12 +31,12 @@ from pipeline import config as config_lib
 from pipeline.train.embedded_base import embedded_preset
 from pipeline.config import PROJECT_ROOT, RunConfig
 from pipeline.errors import PipelineError
-from pipeline.fsutil import replace_dir, write_json, write_text
+from pipeline.fsutil import renamed_paths, replace_dir, write_json, write_text
 from pipeline.train.presets import resolve_preset
 from pipeline.report import read_metrics, write_metrics
 from pipeline.run_folder import RunFolder, writable_folder
 from pipeline.runtime.flex import require_flex
-from pipeline.train.data import check_data
+from pipeline.train.data import check_data, find_files
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 STAGES = [("finetune", "01_finetune.ipynb"), ("distill", "02_distill.ipynb"),
@@ -46,28 +53,37 @@ def stages(cfg: RunConfig) -> list:
     return [(s, nb) for s, nb in STAGES if enabled[s]]
 
 
-def run(config_path, overrides: dict | None = None) -> Path:
+def run(config_path, overrides: dict | None = None, fresh: bool = False) -> Path:
     """Runs every stage notebook for the config; returns the finished run folder."""
     cfg = config_lib.absolute_paths(config_lib.load_config(config_path, overrides))
     preflight(cfg)
     final = RunFolder(Path(cfg.output_dir) / cfg.name)
     partial = RunFolder(final.root.with_name(final.root.name + ".partial"))
     with final.lock():
-        times = {}
+        check_replaceable(final)
+        times, reused = {}, []
         try:
-            _prepare(partial, config_lib.dump_yaml(cfg))
+            prints = fingerprints(cfg)
+            _prepare(partial, config_lib.dump_yaml(cfg), prints, fresh)
             if cfg.model.preset == "embedded":  # built once, then cached
                 started = time.time()
                 embedded_preset()
                 times["base"] = time.time() - started
             for stage, notebook in stages(cfg):
+                if stage in read_metrics(partial.root):
+                    print(f"== {stage}: finished in an earlier attempt with the same "
+                          f"settings and data, reused", flush=True)
+                    reused.append(stage)
+                    continue
+                _record_stage(partial, stage, prints[stage])
                 times[stage] = _run_stage(stage, notebook, partial)
         except (PipelineError, OSError, KeyboardInterrupt):
             _keep_if_resumable(partial)
             raise
         times["total"] = sum(times.values())
         write_metrics(partial.root, "run", {"stage_seconds": {k: round(v, 1)
-                                                              for k, v in times.items()}})
+                                                              for k, v in times.items()},
+                                            "reused_stages": reused})
         _finish(partial, final)
     print("Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()), flush=True)
     return final.root
@@ -76,32 +92,110 @@ def run(config_path, overrides: dict | None = None) -> Path:
 def preflight(cfg: RunConfig) -> None:
     """Fails fast, before anything is written, on bad data, paths or an unreachable preset."""
     check_data(cfg.data)
-    writable_folder(cfg.output_dir, "output_dir")
     if cfg.model.preset != "embedded":  # the embedded base is built by `run` itself
         resolve_preset(cfg.model.preset)
     if cfg.export.enabled and cfg.export.preset:
         resolve_preset(cfg.export.preset)
     if cfg.export.enabled and cfg.export.verify:
         require_flex(cfg.export)
+    writable_folder(cfg.output_dir, "output_dir")  # last: it creates the folder
 
 
-def _prepare(partial: RunFolder, resolved: str) -> None:
-    """Creates the partial folder, or keeps an interrupted one made by the same config."""
+def check_replaceable(final: RunFolder) -> None:
+    """Refuses a name whose folder exists but is not a finished run's: a run replaces only
+    what a run made (a sweep's folder, or any other, stays as it is)."""
+    root = final.root
+    if not root.exists() and not root.is_symlink():
+        return
+    made_by_a_run = (root.is_dir() and not root.is_symlink() and final.config_file.is_file()
+                     and "run" in read_metrics(root) and not (root / "points").exists())
+    if not made_by_a_run:
+        kind = "a sweep's folder" if (root / "points").is_dir() else "not a run folder"
+        raise PipelineError(f"name: {root} exists and is {kind}; a run replaces only a run "
+                            f"it made: choose another name (--set name=...)")
+
+
+STAGE_SECTIONS = {"finetune": ("model", "data", "finetune", "eval"),
+                  "distill": ("distill",), "export": ("export",)}
+
+
+def fingerprints(cfg: RunConfig) -> dict:
+    """{stage: digest of what it depends on}: its config sections and the data files'
+    contents, chained through the stages it reads (distill reads fine-tune's model; export
+    reads both)."""
+    data = [(str(p), _file_digest(p)) for p in find_files(cfg.data.path)]
+    plain = config_lib.to_dict(cfg)
+    prints, upstream = {}, data
+    for stage, sections in STAGE_SECTIONS.items():
+        upstream = _digest([upstream, {k: plain[k] for k in sections}])
+        prints[stage] = upstream
+    return prints
+
+
+def _prepare(partial: RunFolder, resolved: str, prints: dict, fresh: bool) -> None:
+    """Creates the partial folder, or keeps what an interrupted or failed attempt finished
+    with the same fingerprints (stages whose fingerprint changed, and those after them, are
+    removed: the run made them)."""
     root = partial.root
-    if root.exists() and (not partial.config_file.is_file()
-                          or partial.config_file.read_text() != resolved):
+    if root.exists() and fresh:
+        print(f"--fresh: starting over (removing {root})")
         shutil.rmtree(root)
     elif root.exists():
-        print(f"Resuming the interrupted run in {root}")
+        recorded, done = _read_json(partial.root / "stages.json"), read_metrics(root)
+        changed = False  # once a stage changed, every stage after it runs again
+        for stage in STAGE_SECTIONS:
+            if stage in recorded or stage in done:
+                changed = changed or recorded.get(stage) != prints[stage]
+                if changed:
+                    _forget_stage(partial, stage)
+        kept = [s for s in STAGE_SECTIONS if s in read_metrics(root)]
+        print(f"Resuming the interrupted run in {root}"
+              + (f" (reusing {', '.join(kept)})" if kept else ""))
     partial.notebooks.mkdir(parents=True, exist_ok=True)
     write_text(partial.config_file, resolved)
 
 
+def _forget_stage(partial: RunFolder, stage: str) -> None:
+    """Removes what stage `stage` wrote into the partial folder, its metrics and its print."""
+    print(f"  {stage}: its settings, data or input changed: it runs again")
+    shutil.rmtree(partial.root / stage, ignore_errors=True)
+    metrics = read_metrics(partial.root)
+    if stage in metrics:
+        del metrics[stage]
+        write_json(partial.metrics_file, metrics)
+    recorded = _read_json(partial.root / "stages.json")
+    recorded.pop(stage, None)
+    write_json(partial.root / "stages.json", recorded)
+
+
+def _record_stage(partial: RunFolder, stage: str, fingerprint: str) -> None:
+    recorded = _read_json(partial.root / "stages.json")
+    recorded[stage] = fingerprint
+    write_json(partial.root / "stages.json", recorded)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _run_stage(stage: str, notebook: str, partial: RunFolder) -> float:
-    """Executes one notebook into the run folder (skipped if it finished before); seconds."""
-    if stage in read_metrics(partial.root):
-        print(f"== {stage}: finished in an earlier attempt, skipped", flush=True)
-        return 0.0
+    """Executes one notebook into the run folder; seconds."""
     started = time.time()
     print(f"== {stage}: {notebook}", flush=True)
     out = partial.notebooks / notebook
@@ -147,16 +241,6 @@ def _finish(partial: RunFolder, final: RunFolder) -> None:
     """Renames the partial folder to the final one; recorded paths follow it."""
     if partial.metrics_file.is_file():  # stages recorded their files under the temporary name
         data = json.loads(partial.metrics_file.read_text())
-        write_json(partial.metrics_file, _renamed_paths(data, partial.root, final.root))
+        write_json(partial.metrics_file, renamed_paths(data, partial.root, final.root))
+    check_replaceable(final)  # still a run's (or nothing) under the lock
     replace_dir(partial.root, final.root)
-
-
-def _renamed_paths(value, old: Path, new: Path):
-    """Returns `value` (JSON data) with every path inside `old` moved to `new`."""
-    if isinstance(value, dict):
-        return {k: _renamed_paths(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_renamed_paths(v, old, new) for v in value]
-    if isinstance(value, str) and (value == str(old) or value.startswith(str(old) + os.sep)):
-        return str(new) + value[len(str(old)):]
-    return value

@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.errors import PipelineError
+from pipeline.fsutil import LockHeld, UnsafeLockFile, file_lock
 
 EXPORT_TARGETS = ("text", "litertlm")
 
@@ -91,31 +90,31 @@ class RunFolder:
     def lock(self):
         """Holds `<parent>/.<name>.lock` while the block runs; refuses a second holder.
 
-        An OS lock (flock) dies with its process, so a crashed run never blocks the next one;
-        the file itself is removed when the block ends.
+        The same lock a sweep of that name holds (`sweep.run`), so a run never works in a
+        sweep's folder while the sweep runs. Race-free, never through a symbolic link
+        (`fsutil.file_lock`); a crashed run never blocks the next one.
         """
         run = self.root.parent / self.root.name.removesuffix(".partial")
-        path = run.parent / f".{run.name}.lock"
-        writable_folder(self.root.parent, "output_dir")
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise PipelineError(f"{run} is in use by a run still going ({holder}); "
-                                    f"wait for it or choose another name") from None
-            raise
-        try:
-            handle.truncate(0)
-            handle.write(f"pid {os.getpid()}\n")
-            handle.flush()
+        with folder_lock(run):
             yield self
-        finally:
-            path.unlink(missing_ok=True)
-            handle.close()
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str = "a run"):
+    """Holds the lock of run or sweep folder `folder` (`<parent>/.<name>.lock`), or a
+    one-line PipelineError naming who holds it."""
+    folder = Path(folder)
+    writable_folder(folder.parent, "output_dir")
+    path = folder.parent / f".{folder.name}.lock"
+    try:
+        with file_lock(path):
+            yield
+    except LockHeld as e:
+        raise PipelineError(f"{folder} is in use by {what} still going "
+                            f"({e.holder or 'another process'}); wait for it or choose "
+                            f"another name") from None
+    except UnsafeLockFile as e:
+        raise PipelineError(f"{e}: remove it (a lock file must be a plain file)") from None
 
 
 def cache_dir() -> Path:

@@ -67,12 +67,12 @@ def test_run_with_bad_data_leaves_no_run_folder(tmp_path):
 
 
 def test_paths_move_with_the_renamed_run_folder():
-    from pipeline.run import _renamed_paths
+    from pipeline.fsutil import renamed_paths
 
     old, new = Path("/r/default.partial"), Path("/r/default")
     data = {"a": ["/r/default.partial/x.tflite", "/r/default.partialX/y", "/r/default.partial"],
             "n": 1, "b": {"c": "default.partial/z"}}
-    assert _renamed_paths(data, old, new) == {
+    assert renamed_paths(data, old, new) == {
         "a": ["/r/default/x.tflite", "/r/default.partialX/y", "/r/default"],
         "n": 1, "b": {"c": "default.partial/z"}}
 

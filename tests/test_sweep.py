@@ -102,6 +102,39 @@ def test_sweep_runs_points_records_failures_and_skips_finished(tmp_path, tiny_pr
     assert [r["point"] for r in summary_rows(folder)] == list(rows)  # same rows, same order
 
 
+def test_sigint_stops_a_sweep_and_leaves_a_resumable_point(tmp_path, tiny_preset,
+                                                          kitchen_lines):
+    import signal
+    import time
+
+    sweep = write_sweep(tmp_path, tiny_preset, kitchen_lines, base=(
+        "finetune:\n  sequence_length: 48\n  epochs: 40\neval:\n  max_length: 16\n"
+        "distill:\n  enabled: false\nexport:\n  enabled: false\n"),
+        grid="grid:\n  finetune.learning_rate: [1.0e-3, 2.0e-3, 3.0e-3]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", str(sweep)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "runs" / "s" / "learning_rate-0.001.partial"
+    deadline = time.time() + 300
+    while not (first / "finetune" / "checkpoints" / "latest.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stopped = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - stopped < 30
+    assert proc.returncode == 130, err[-3000:]
+    assert "[2/3]" not in out and "[3/3]" not in out  # no later point started
+    assert (first / "finetune" / "checkpoints" / "latest.json").is_file()  # resumable
+    rows = summary_rows(tmp_path / "runs" / "s")
+    assert [(r["point"], r["status"]) for r in rows] == [("learning_rate-0.001", "interrupted")]
+    assert "interrupted: run the same command again to resume" in err
+    assert not list((tmp_path / "runs").glob(".*.lock"))  # the sweep's lock is released
+    # no process of the point is left running: the point's run lock is free
+    from pipeline.run_folder import RunFolder
+    with RunFolder(tmp_path / "runs" / "s" / "learning_rate-0.001").lock():
+        pass
+
+
 @pytest.mark.slow  # four runs of configs/tiny.yaml (fine-tune and distil) under papermill
 def test_two_by_two_sweep_on_the_tiny_config(tmp_path, tiny_preset, kitchen_lines):
     sweep = write_sweep(tmp_path, tiny_preset, kitchen_lines,

@@ -3,7 +3,8 @@
 The teacher (export.preset, else the run's fine-tuned model) goes to export/text and
 export/litertlm; when the run distilled a student, it goes to export/student_text and
 export/student_litertlm. Each model is loaded once and handed to each target. Every export
-folder gets manifest.json and MODEL_CARD.md (`handoff`).
+folder gets manifest.json and MODEL_CARD.md (`handoff`), written before the folder is
+published: each folder appears, or replaces the one before it, whole in one rename.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pipeline.export.litertlm import export_litertlm
 from pipeline.export.text import export_text_model
 from pipeline.train.presets import check_local_preset, load_causal_lm
 from pipeline.report import read_metrics
-from pipeline.run_folder import RunFolder
+from pipeline.fsutil import atomic_dir, renamed_paths
+from pipeline.run_folder import EXPORT_TARGETS, RunFolder
 from pipeline.train.data import validation_examples
 
 
@@ -26,20 +28,21 @@ def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: b
     folder = RunFolder(run_dir)
     source = preset or cfg.export.preset or str(check_local_preset(folder.finetune_preset))
     causal_lm = load_causal_lm(source)
-    results = {}
-    if "text" in cfg.export.targets:
-        results["text"] = export_text_model(cfg, causal_lm, folder.export("text", student),
-                                            source, verbose=verbose)
-    if "litertlm" in cfg.export.targets:
-        val_text = validation_examples(cfg.data, 32)  # what verification reads
-        results["litertlm"] = export_litertlm(cfg, causal_lm,
-                                              folder.export("litertlm", student), val_text,
-                                              source, verbose=verbose)
     own_model = student or not (preset or cfg.export.preset)  # trained in this run
     training = training_facts(cfg, folder, student) if own_model else {"base_preset": source}
-    for target, result in results.items():
-        write_handoff(folder.export(target, student), target,
-                      "student" if student else "teacher", causal_lm, result.metrics, training)
+    results = {}
+    for target in [t for t in EXPORT_TARGETS if t in cfg.export.targets]:
+        final = folder.export(target, student)
+        with atomic_dir(final) as staging:  # the target's files, manifest and card, at once
+            if target == "text":
+                result = export_text_model(cfg, causal_lm, staging, source, verbose=verbose)
+            else:
+                val_text = validation_examples(cfg.data, 32)  # what verification reads
+                result = export_litertlm(cfg, causal_lm, staging, val_text, source,
+                                         verbose=verbose)
+            write_handoff(staging, target, "student" if student else "teacher", causal_lm,
+                          result.metrics, training)
+        results[target] = renamed_paths(result, staging, final)
     return results
 
 

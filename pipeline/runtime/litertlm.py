@@ -7,14 +7,13 @@ Example:
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import litert_lm
 
 from pipeline.config import Sampler, Sampling
 from pipeline.errors import PipelineError
-from pipeline.run_folder import RunFolder
+from pipeline.run_folder import RunFolder, cache_dir as pipeline_cache
 from pipeline.runtime.memory import release_start_up_code
 
 
@@ -28,19 +27,57 @@ def sampler_config(sampling: Sampling):
 
 
 def find_bundle(path) -> Path:
-    """Returns the .litertlm named by `path`: the file itself, or the teacher's in a run."""
+    """Returns the .litertlm named by `path`: the file itself, or the teacher's in a run;
+    its header and sections checked (`check_bundle`)."""
     p = Path(path)
     if p.is_file():
         if p.suffix != ".litertlm":
             raise PipelineError(f"{p} is not a .litertlm bundle")
-        return p
+        return check_bundle(p)
     if p.is_dir():
         found = RunFolder(p).bundles() + sorted(p.glob("*.litertlm"))
         if found:
-            return found[0]
+            return check_bundle(found[0])
         raise PipelineError(f"{p} holds no .litertlm bundle (export it with `python -m "
                             f"pipeline export` and export.targets including litertlm)")
     raise PipelineError(f"{p} does not exist: give a .litertlm file or a run folder")
+
+
+def check_bundle(bundle: Path) -> Path:
+    """Reads the bundle's header (magic, version, section table) and checks that every section
+    lies inside the file, so that a truncated or foreign file is one line here rather than an
+    abort inside the runtime."""
+    import struct
+
+    from litert_lm_builder import litertlm_core as core
+    from litert_lm_builder import litertlm_header_schema_py_generated as schema
+
+    size = bundle.stat().st_size
+
+    def bad(why: str) -> PipelineError:
+        return PipelineError(f"{bundle} is not a complete .litertlm bundle ({why}): export it "
+                             f"again or copy the whole file")
+
+    with open(bundle, "rb") as f:
+        head = f.read(core.HEADER_BEGIN_BYTE_OFFSET)
+        if len(head) < core.HEADER_BEGIN_BYTE_OFFSET or head[:8] != core.HEADER_MAGIC_BYTES:
+            raise bad("no LITERTLM header")
+        end = struct.unpack_from("<Q", head, core.HEADER_END_LOCATION_BYTE_OFFSET)[0]
+        if not core.HEADER_BEGIN_BYTE_OFFSET < end <= size:
+            raise bad(f"its header ends at byte {end}, the file has {size}")
+        header = f.read(end - core.HEADER_BEGIN_BYTE_OFFSET)
+    try:
+        sections = schema.LiteRTLMMetaData.GetRootAs(header, 0).SectionMetadata()
+        spans = [(sections.Objects(i).BeginOffset(), sections.Objects(i).EndOffset())
+                 for i in range(sections.ObjectsLength() if sections else 0)]
+    except Exception as e:  # noqa: BLE001 (a damaged flatbuffer raises anything)
+        raise bad(f"its section table cannot be read: {type(e).__name__}") from None
+    if not spans:
+        raise bad("it has no sections")
+    for i, (begin, stop) in enumerate(spans):
+        if not end <= begin <= stop <= size:
+            raise bad(f"section {i} spans bytes {begin}-{stop}, the file has {size}")
+    return bundle
 
 
 def context_of(bundle: Path) -> int:
@@ -73,9 +110,10 @@ def check_prompt(bundle: Path, prompt: str, context: int) -> int:
 
 
 def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None, cache_dir=None):
-    """Returns a LiteRT-LM engine on the CPU; `cache_dir` keeps XNNPACK's packed weights."""
+    """Returns a LiteRT-LM engine on the CPU; `cache_dir` keeps XNNPACK's packed weights
+    (default: `litertlm/` in the pipeline's own cache, not a folder shared in /tmp)."""
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # quiet the runtime's INFO logs
-    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "litertlm-cache")
+    cache = Path(cache_dir or pipeline_cache() / "litertlm")
     cache.mkdir(parents=True, exist_ok=True)
     # float32 activations: the runtime's default for text decoders is fp16, which would
     # break exact parity with Keras.

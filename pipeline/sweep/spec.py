@@ -33,7 +33,7 @@ METRIC_SECTIONS = ("finetune", "distill", "export", "run")
 class Point:
     name: str
     values: dict  # dotted key -> value
-    status: str = "pending"  # ok, failed
+    status: str = "pending"  # ok, failed, interrupted
     error: str = ""
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
@@ -136,6 +136,9 @@ def load_sweep(path) -> Sweep:
                           f"{', '.join(SWEEP_KEYS)})")
     base: dict = {}
     if spec.get("config"):
+        if not isinstance(spec["config"], str):
+            raise ConfigError(f"{where} config: expected the path of a config file, got "
+                              f"{spec['config']!r}")
         base = read_yaml(path.parent / spec["config"])
     fixed = spec.get("overrides") or {}
     if not isinstance(fixed, dict):

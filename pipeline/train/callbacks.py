@@ -86,8 +86,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
         write_json(self.directory / "latest.json", {
             "epoch": epoch + 1, "weights": name, "state": self.state() if self.state else {},
         })
-        for old in sorted(self.directory.glob("epoch-*.weights.h5"))[:-self.keep]:
+        for old in checkpoints_by_epoch(self.directory)[:-self.keep]:
             old.unlink()
+
+
+def checkpoints_by_epoch(directory) -> list[Path]:
+    """The checkpoint files, oldest first, by epoch number (epoch-1000 comes after epoch-999)."""
+    found = []
+    for p in Path(directory).glob("epoch-*.weights.h5"):
+        number = p.name.removeprefix("epoch-").removesuffix(".weights.h5")
+        if number.isdigit():
+            found.append((int(number), p))
+    return [p for _, p in sorted(found)]
 
 
 def restore_checkpoint(causal_lm, checkpoint_dir):

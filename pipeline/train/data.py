@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,23 @@ def find_files(path: str) -> list[Path]:
     return [p]
 
 
+MAX_FILE_BYTES = 4 << 30  # one data file is parsed in RAM: split larger corpora into files
+
+
 def read_text(path: Path) -> str:
-    """Returns the file's UTF-8 text; raises DataError if it is empty or not UTF-8."""
+    """Returns the file's UTF-8 text; raises DataError if it is empty, not a regular file,
+    too large to parse at once, or not UTF-8."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a device, a pipe or a socket); give a "
+                        f".txt, .jsonl or .csv file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {info.st_size / 2**30:.1f} GiB in one file; split it into "
+                        f"files of at most {MAX_FILE_BYTES >> 30} GiB in a folder "
+                        f"(data.path: the folder)")
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: file is empty")
@@ -87,13 +103,19 @@ def parse_txt(text: str, mode: str) -> list[str]:
 
 def parse_jsonl(text: str, field: str, path: Path) -> list[str]:
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends records with \n only: U+2028, U+2029 or a lone \r inside a string are
+    # text (str.splitlines() would cut the record there)
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
+        except ValueError as e:  # e.g. an integer longer than Python's 4,300-digit limit
+            raise DataError(f"{path}:{number}: not valid JSON ({_first_line(e)})") from None
         if not isinstance(record, dict) or field not in record:
             raise DataError(f"{path}:{number}: no field {field!r} (set data.field)")
         if not isinstance(record[field], str):
@@ -103,11 +125,23 @@ def parse_jsonl(text: str, field: str, path: Path) -> list[str]:
 
 
 def parse_csv(text: str, field: str, path: Path) -> list[str]:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or field not in reader.fieldnames:
-        columns = ", ".join(reader.fieldnames or [])
-        raise DataError(f"{path}: no column {field!r} (columns: {columns}; set data.field)")
-    return [row[field] or "" for row in reader]
+    # newline="" semantics: \r\n, \n and a lone \r (old Mac files) all end rows outside quotes
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))  # a cell may be as long as the file
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or field not in reader.fieldnames:
+            columns = ", ".join(reader.fieldnames or [])
+            raise DataError(f"{path}: no column {field!r} (columns: {columns}; set data.field)")
+        return [row[field] or "" for row in reader]
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def file_examples(path: Path, cfg: DataConfig) -> list[str]:

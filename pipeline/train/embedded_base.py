@@ -29,7 +29,7 @@ import numpy as np
 from tokenizers import ByteLevelBPETokenizer
 from tokenizers.models import BPE
 
-from pipeline.fsutil import atomic_dir
+from pipeline.fsutil import atomic_dir, file_lock, remove_leftovers, seal_folder, sealed_problem
 from pipeline.run_folder import cache_dir
 from pipeline.train.callbacks import ProgressBar, StepLossLogger
 from pipeline.train.data import TokenizedSplit
@@ -61,11 +61,24 @@ def spec_key(spec: BaseSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+SEAL = "cache_seal.json"  # every file's size and checksum, written last
+
+
 def embedded_preset(spec: BaseSpec = BaseSpec(), verbose: bool = True) -> Path:
-    """Returns the embedded base preset folder, building it first if the cache lacks it."""
+    """Returns the embedded base preset folder, building it first if the cache lacks it (or
+    holds a damaged copy: every file's size and checksum are checked). Built under a lock, so
+    concurrent runs build it once."""
     folder = cache_dir() / f"embedded-{spec_key(spec)}"
-    if not (folder / WEIGHTS_FILE).is_file():
-        build_base(folder, python_text(spec.max_corpus_chars), spec, verbose=verbose)
+    if sealed_problem(folder, SEAL) is None:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder.parent)
+    with file_lock(folder.with_name(f".{folder.name}.lock"), wait=True):
+        problem = sealed_problem(folder, SEAL)
+        if problem is not None:
+            if problem != "missing":
+                print(f"embedded base: {folder} is damaged ({problem}): rebuilding it")
+            build_base(folder, python_text(spec.max_corpus_chars), spec, verbose=verbose)
     return folder
 
 
@@ -178,4 +191,5 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
     causal_lm.preprocessor = preprocessor
     with atomic_dir(folder) as tmp:
         causal_lm.save_to_preset(str(tmp))
+        seal_folder(tmp, {"spec": dataclasses.asdict(spec)}, SEAL)
     return folder

@@ -10,6 +10,13 @@ Training reads its windows from them (memory-mapped) through `tf.data` (`loop.tr
 so memory does not grow with the corpus; evaluation reads a bounded, evenly spaced sample of
 validation windows (`data.validation_tokens`).
 
+Every entry is written into a temporary folder and renamed into place; its `meta.json`, written
+last, lists each file's size and BLAKE2b checksum, and both are checked before the entry is
+used, so a truncated or damaged entry is rebuilt (with a one-line notice), never trained on.
+Entries are filled under a per-entry lock (`.<entry>.lock`), so concurrent runs and
+`sweep --jobs N` on a cold cache share one fill; a stale shard is removed only when no process
+holds its lock, and temporary folders left by a killed process are removed.
+
 Layout of `<cache>/tokens/`:
   file-<settings>-<contents>/  ids.bin (each example's ids, then <|endoftext|>; uint16 when the
                                vocabulary fits, else int32), starts.npy (where each example
@@ -25,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -34,7 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
-from pipeline.fsutil import atomic_dir
+from pipeline.errors import PipelineError
+from pipeline.fsutil import (LockHeld, atomic_dir, file_lock, remove_leftovers, seal_folder,
+                             sealed_problem)
 from pipeline.run_folder import cache_dir
 from pipeline.train.callbacks import tqdm
 from pipeline.train.data import (TokenizedSplit, file_examples, find_files, no_examples,
@@ -123,27 +133,39 @@ class Corpus:
 def open_corpus(cfg: DataConfig, tokenizer, verbose: bool = True, root=None) -> Corpus:
     """Returns the corpus of `cfg` tokenized by `tokenizer`, from the cache where it can."""
     root = Path(root or cache_dir() / "tokens")
+    root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(root)
     files = find_files(cfg.path)
     identity = _digest([_tokenizer_digest(tokenizer), cfg.format, cfg.txt_mode, cfg.field,
                         cfg.min_chars])
     contents = [_file_digest(path) for path in files]
     shards = [root / f"file-{identity}-{c}" for c in contents]
-    todo = [(path, shard) for path, shard in zip(files, shards) if not _complete(shard)]
+    todo = [(path, shard) for path, shard in zip(files, shards) if not _verified(shard)]
     bar = tqdm(total=sum(p.stat().st_size for p, _ in todo), desc="tokenizing", unit="B",
                unit_scale=True, mininterval=2.0, disable=not verbose or not todo)
     for path, shard in todo:
-        _write_shard(path, shard, cfg, tokenizer, bar)
+        with _entry_lock(shard):
+            if not _verified(shard, notice=True):  # another process may have filled it
+                _write_shard(path, shard, cfg, tokenizer, bar)
         for stale in root.glob(f"file-{identity}-*"):  # the same file's earlier contents
             if stale != shard and _meta(stale).get("path") == str(path.resolve()):
-                shutil.rmtree(stale, ignore_errors=True)
+                _remove_unused(stale)
     bar.close()
     metas = [_meta(shard) for shard in shards]
     if not sum(m["examples"] for m in metas):
         raise no_examples(cfg)
     dtype = _dtype(tokenizer)
     split = root / ("split-" + _digest([identity, contents, cfg.validation_fraction, cfg.seed]))
-    if not _complete(split):
-        _write_split(split, shards, metas, cfg, tokenizer.end_token_id, dtype)
+    if not _verified(split):
+        with _entry_lock(split):
+            if not _verified(split, notice=True):
+                with contextlib.ExitStack() as held:  # no shard removed while it is read
+                    for shard in sorted(set(shards)):
+                        held.enter_context(_entry_lock(shard))
+                        if not _verified(shard):
+                            raise PipelineError(f"data file changed while it was read (token "
+                                                f"cache entry {shard} is gone): run again")
+                    _write_split(split, shards, metas, cfg, tokenizer.end_token_id, dtype)
     return Corpus(split, int(tokenizer.end_token_id), dtype,
                   [{"path": m["path"], "examples": m["examples"], "tokens": m["tokens"]}
                    for m in metas])
@@ -162,10 +184,9 @@ def _write_shard(path: Path, shard: Path, cfg: DataConfig, tokenizer, bar) -> No
                 lengths += [len(row) + 1 for row in rows]
                 bar.update(size * len(lengths) // len(examples) - before)  # bytes, pro rata
         np.save(tmp / "starts.npy", np.cumsum([0] + lengths, dtype="int64"))
-        (tmp / "meta.json").write_text(json.dumps({
-            "path": str(path.resolve()), "examples": len(examples),
-            "tokens": int(sum(lengths)) - len(examples), "dtype": dtype,
-            "settings": asdict(cfg)}))
+        _seal(tmp, {"path": str(path.resolve()), "examples": len(examples),
+                    "tokens": int(sum(lengths)) - len(examples), "dtype": dtype,
+                    "settings": asdict(cfg)})
 
 
 def _write_split(folder: Path, shards, metas, cfg: DataConfig, end: int, dtype: str) -> None:
@@ -190,7 +211,7 @@ def _write_split(folder: Path, shards, metas, cfg: DataConfig, end: int, dtype: 
                         ids[np.repeat(a - np.cumsum(n) + n, n) + np.arange(n.sum())].tofile(out)
                         starts.extend((starts[-1] + np.cumsum(n)).tolist())
             np.save(tmp / f"{split}.starts.npy", np.asarray(starts, "int64"))
-        (tmp / "meta.json").write_text(json.dumps({"shards": [str(s) for s in shards]}))
+        _seal(tmp, {"shards": [str(s) for s in shards]})
 
 
 def _token_ids(tokenizer, texts: list[str]):
@@ -219,8 +240,32 @@ def _digest(parts) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def _complete(folder: Path) -> bool:
-    return (folder / "meta.json").is_file()
+def _seal(folder: Path, meta: dict) -> None:
+    seal_folder(folder, meta, "meta.json")
+
+
+def _problem(folder: Path) -> str | None:
+    return sealed_problem(folder, "meta.json")
+
+
+def _verified(folder: Path, notice: bool = False) -> bool:
+    problem = _problem(folder)
+    if problem and problem != "missing" and notice:
+        print(f"token cache: {folder.name} is damaged ({problem}): rebuilding it", flush=True)
+    return problem is None
+
+
+def _entry_lock(folder: Path):
+    return file_lock(folder.with_name(f".{folder.name}.lock"), wait=True)
+
+
+def _remove_unused(folder: Path) -> None:
+    """Removes a cache entry unless another process holds its lock (it is reading it)."""
+    try:
+        with file_lock(folder.with_name(f".{folder.name}.lock")):
+            shutil.rmtree(folder, ignore_errors=True)
+    except LockHeld:
+        pass
 
 
 def _meta(folder: Path) -> dict:

@@ -121,3 +121,61 @@ def test_validation_sample_is_bounded_and_recorded(preprocessor, tmp_path):
     assert (sample.x["token_ids"][0] == first).all()  # evenly spaced: first and last row
     assert (sample.x["token_ids"][-1] == last).all()
     assert len(val.sample(10 ** 9)) == len(val)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_token_stream_is_detected_and_rebuilt(preprocessor, tmp_path, capsys, damage):
+    cfg, root = DataConfig(), tmp_path / "cache"
+    corpus = open_corpus(cfg, preprocessor.tokenizer, verbose=False, root=root)
+    stream = corpus.folder / "train.bin"
+    good = stream.read_bytes()
+    if damage == "truncate":  # a crash or a full disk after the rename
+        stream.write_bytes(good[:len(good) // 2])
+    else:  # same size, one byte changed
+        stream.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    shards = {p: p.stat().st_mtime_ns for p in root.glob("file-*")}
+    again = open_corpus(cfg, preprocessor.tokenizer, verbose=False, root=root)
+    assert f"token cache: {corpus.folder.name} is damaged (train.bin " in capsys.readouterr().out
+    assert again.folder == corpus.folder and stream.read_bytes() == good
+    assert {p: p.stat().st_mtime_ns for p in root.glob("file-*")} == shards  # sound: kept
+
+
+FILL_ONE_ENTRY = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from pipeline.config import DataConfig
+from pipeline.train.token_cache import open_corpus
+
+class Bytes:  # a byte-level tokenizer: no model to load in each process
+    end_token_id = 256
+    merges = []
+    def __call__(self, texts):
+        return [list(t.encode()) for t in texts]
+    def vocabulary_size(self):
+        return 257
+    def get_vocabulary(self):
+        return [str(i) for i in range(257)]
+
+corpus = open_corpus(DataConfig(path=sys.argv[2]), Bytes(), verbose=False, root=sys.argv[3])
+print(corpus.folder.name, hashlib.sha256((corpus.folder / "train.bin").read_bytes()).hexdigest())
+"""
+
+
+def test_four_processes_fill_one_cold_entry_and_agree(tmp_path, kitchen_paragraphs):
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(kitchen_paragraphs * 40), encoding="utf-8")
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_ONE_ENTRY)
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    procs = [subprocess.Popen([sys.executable, str(script), str(ROOT), str(data),
+                               str(tmp_path / "cache")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in results]
+    outputs = {out.strip() for out, _ in results}
+    assert len(outputs) == 1  # one split, the same bytes for everyone
+    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert entries == ["file", "split"]  # no temporary folder, no lock left behind
