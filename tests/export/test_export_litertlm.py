@@ -136,3 +136,24 @@ def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
         export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[17])
     assert not (tmp_path / "litertlm").exists()
 
+
+
+def test_a_truncated_bundle_is_refused_before_the_runtime_sees_it(fp32_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from pipeline.errors import PipelineError
+    from pipeline.runtime.litertlm import check_bundle
+
+    whole = fp32_bundle.bundle_path.read_bytes()
+    assert check_bundle(fp32_bundle.bundle_path) == fp32_bundle.bundle_path  # a whole one is fine
+    cut = tmp_path / "cut.litertlm"
+    cut.write_bytes(whole[:len(whole) // 2])  # a copy that stopped half-way
+    with pytest.raises(PipelineError, match=r"cut.litertlm is not a complete .litertlm bundle "
+                                            r"\(section \d+ spans bytes \d+-\d+, the file has"):
+        check_bundle(cut)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "generate", str(cut), "Soup."],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2  # not 134 from an abort inside the runtime
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cut} is not a complete")
