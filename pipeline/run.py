@@ -213,6 +213,13 @@ def _run_stage(stage: str, notebook: str, partial: RunFolder) -> float:
         first = e.evalue.splitlines()[0] if e.evalue else ""
         raise StageFailed(f"stage {stage} failed: {e.ename}: {first} (executed notebook: {out})"
                           ) from None
+    except (KeyboardInterrupt, PipelineError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 (nbclient's DeadKernelError, a timeout, ...)
+        text = (str(e).strip().splitlines() or [""])[0]
+        raise StageFailed(f"stage {stage} failed: the notebook's kernel stopped "
+                          f"({type(e).__name__}{': ' + text if text else ''}; executed "
+                          f"notebook: {out})") from None
     finally:
         if env_batch is None:
             os.environ.pop("PIPELINE_BATCH", None)
