@@ -7,12 +7,15 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import litert_lm
 
 from pipeline.config import Sampler, Sampling
 from pipeline.errors import PipelineError
+from pipeline.fsutil import file_lock, read_seal, seal_folder, sealed_problem
 from pipeline.run_folder import RunFolder, cache_dir as pipeline_cache
 from pipeline.runtime.memory import release_start_up_code
 
@@ -109,12 +112,41 @@ def check_prompt(bundle: Path, prompt: str, context: int) -> int:
     return n
 
 
+CACHE_SEAL = "cache_seal.json"
+
+
 def engine(bundle: Path, threads: int = 2, max_tokens: int | None = None, cache_dir=None):
-    """Returns a LiteRT-LM engine on the CPU; `cache_dir` keeps XNNPACK's packed weights
-    (default: `litertlm/` in the pipeline's own cache, not a folder shared in /tmp)."""
+    """Returns a LiteRT-LM engine on the CPU; `cache_dir` keeps XNNPACK's packed weights.
+
+    Default: one folder per bundle (its path, size and time) under `litertlm/` in the
+    pipeline's own cache, not a folder shared in /tmp. That folder is sealed (sizes and
+    checksums) once the engine has written it, checked before each start, and rebuilt with a
+    one-line notice when damaged; starts that share it take turns under its lock.
+    """
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # quiet the runtime's INFO logs
-    cache = Path(cache_dir or pipeline_cache() / "litertlm")
-    cache.mkdir(parents=True, exist_ok=True)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return _start(bundle, threads, max_tokens, Path(cache_dir))
+    info = Path(bundle).resolve().stat()
+    key = hashlib.blake2b(f"{Path(bundle).resolve()}|{info.st_size}|{info.st_mtime_ns}".encode(),
+                          digest_size=8).hexdigest()
+    entry = pipeline_cache() / "litertlm" / f"{Path(bundle).stem}-{key}"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(entry.with_name(f".{entry.name}.lock"), wait=True):
+        problem = sealed_problem(entry, CACHE_SEAL)
+        if problem is not None and problem != "missing":
+            if read_seal(entry, CACHE_SEAL):
+                print(f"LiteRT-LM cache {entry} is damaged ({problem}): rebuilding it",
+                      flush=True)
+            shutil.rmtree(entry)  # ours: made by an earlier start, never sealed or damaged
+        entry.mkdir(exist_ok=True)
+        eng = _start(bundle, threads, max_tokens, entry)
+        if problem is not None:
+            seal_folder(entry, {"bundle": str(bundle)}, CACHE_SEAL)
+    return eng
+
+
+def _start(bundle: Path, threads: int, max_tokens: int | None, cache: Path):
     # float32 activations: the runtime's default for text decoders is fp16, which would
     # break exact parity with Keras.
     eng = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),

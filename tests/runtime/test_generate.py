@@ -66,3 +66,21 @@ def test_engine_releases_the_start_up_code(int8_bundle, monkeypatch):
         assert code_kb() > 1024
     finally:
         eng.close()
+
+
+def test_the_packed_weight_cache_is_sealed_and_a_damaged_one_rebuilt(int8_bundle, tmp_path,
+                                                                      monkeypatch, capsys):
+    import pipeline.runtime.litertlm as litertlm
+
+    monkeypatch.setenv("GPT2_PIPELINE_CACHE", str(tmp_path))
+    first = "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    (entry,) = (tmp_path / "litertlm").iterdir()
+    cached = [p for p in entry.iterdir() if p.name != litertlm.CACHE_SEAL]
+    assert cached and (entry / litertlm.CACHE_SEAL).is_file()  # the runtime wrote, we sealed
+    "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    assert "damaged" not in capsys.readouterr().out  # a sound cache is reused as it is
+    biggest = max(cached, key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # a cut-off write
+    again = "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    assert f"LiteRT-LM cache {entry} is damaged ({biggest.name} has" in capsys.readouterr().out
+    assert again == first and litertlm.sealed_problem(entry, litertlm.CACHE_SEAL) is None
