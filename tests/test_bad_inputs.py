@@ -113,3 +113,26 @@ def test_csv_with_cr_only_line_endings_and_long_cells(tmp_path):
     long_cell = "x" * 200_000  # above the csv module's default 128 KiB field limit
     path.write_bytes(f"text,n\rsoup,1\rbread,2\r{long_cell},3\r".encode())
     assert file_examples(path, DataConfig()) == ["soup", "bread", long_cell]
+
+
+def test_a_huge_data_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.txt"
+    with open(path, "wb") as f:  # sparse: 5 GiB on paper, nothing on disk
+        f.truncate(5 << 30)
+    with pytest.raises(DataError, match=r"5\.0 GiB in one file; split it into files"):
+        file_examples(path, DataConfig())
+
+
+@pytest.mark.parametrize("made_by", ["run", "sweep", "stage"])
+def test_direct_stage_commands_never_edit_a_finished_folder(tmp_path, made_by):
+    folder = tmp_path / "done"
+    folder.mkdir()
+    metrics = {"run": {"finetune": {}, "stage_seconds": {}}, "sweep": {},
+               "stage": {"finetune": {"steps": 1}}}[made_by]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    if made_by == "sweep":
+        (folder / "points").mkdir()
+    before = sorted(p.name for p in folder.iterdir())
+    last = one_error_line(cli("finetune", "configs/tiny.yaml", "--run-dir", str(folder)))
+    assert last.startswith(f"error: {folder} is a ") and "give --run-dir a new folder" in last
+    assert sorted(p.name for p in folder.iterdir()) == before
