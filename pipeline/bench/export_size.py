@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.bench import yardsticks
 from pipeline.bench.gpt2_base import tokenizer_and_weights
 from pipeline.bench.text_speed import bench_speed, markdown as speed_markdown
 from pipeline.config import PROJECT_ROOT, ExportConfig
@@ -97,18 +98,10 @@ def main(argv) -> int:
     parser.add_argument("--speed-modes", default="int8,int4",
                         help="modes timed beside the bundle and llama.cpp (empty: none)")
     parser.add_argument("--threads", default="1,2", help="thread counts for the speed table")
-    parser.add_argument("--llama-bench", type=Path,
-                        help="llama.cpp's llama-bench binary (../shared/anchors/llamacpp.sh paths)")
-    parser.add_argument("--gguf", type=Path, nargs="*", default=[],
-                        help="GGUF files of the same shape (Q8_0 beside int8, Q4_0 beside int4)")
+    yardsticks.add_llama_arguments(parser)
     args = parser.parse_args(argv)
-    if args.gguf and not args.llama_bench:
-        parser.error("--gguf needs --llama-bench")
-    for path in [args.llama_bench, *args.gguf] if args.llama_bench else []:
-        if not path.is_file():
-            print(f"error: {path} does not exist (build it: ../shared/anchors/llamacpp.sh paths)",
-                  file=sys.stderr)
-            return 2
+    if yardsticks.llama_arguments_problem(parser, args):
+        return 2
     flex = Path(args.flex_python)
     flex = flex if flex.is_absolute() else PROJECT_ROOT / flex
     modes = [m for m in args.modes.split(",") if m]

@@ -245,19 +245,10 @@ def main(argv) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--llama-bench", type=Path,
-                        help="llama.cpp's llama-bench binary (../shared/anchors/llamacpp.sh paths)")
-    parser.add_argument("--gguf", type=Path, nargs="*", default=[],
-                        help="GGUF files of the same shape (Q8_0 is compared with int8, Q4_0 "
-                             "with int4)")
+    yardsticks.add_llama_arguments(parser)
     args = parser.parse_args(argv)
-    if args.gguf and not args.llama_bench:
-        parser.error("--gguf needs --llama-bench")
-    for path in [args.llama_bench, *args.gguf] if args.llama_bench else []:
-        if not path.is_file():
-            print(f"error: {path} does not exist (build it: ../shared/anchors/llamacpp.sh paths)",
-                  file=sys.stderr)
-            return 2
+    if yardsticks.llama_arguments_problem(parser, args):
+        return 2
     modes = [m.strip() for m in args.quantization.split(",") if m.strip()]
     result = bench(Path(args.out), args.preset, modes, args.threads, args.new_tokens,
                    args.context, args.llama_bench, args.gguf)

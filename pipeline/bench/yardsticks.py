@@ -77,3 +77,24 @@ def litert_lm_benchmark(bundle: Path, threads: int, prefill_tokens: int, decode_
             "decode_tps": float(values["Decode speed"]),
             "init_s": float(values["Init time"]), "ttft_s": float(values["Time to first token"]),
             "peak_rss_mb": rss}
+
+
+def add_llama_arguments(parser) -> None:
+    """--llama-bench and --gguf, as `bench export` and `bench litertlm` take them."""
+    parser.add_argument("--llama-bench", type=Path,
+                        help="llama.cpp's llama-bench binary (../shared/anchors/llamacpp.sh paths)")
+    parser.add_argument("--gguf", type=Path, nargs="*", default=[],
+                        help="GGUF files of the same shape (Q8_0 is compared with int8, Q4_0 "
+                             "with int4)")
+
+
+def llama_arguments_problem(parser, args) -> bool:
+    """Checks --llama-bench and --gguf; prints a one-line error and returns True if wrong."""
+    if args.gguf and not args.llama_bench:
+        parser.error("--gguf needs --llama-bench")
+    for path in [args.llama_bench, *args.gguf] if args.llama_bench else []:
+        if not path.is_file():
+            print(f"error: {path} does not exist (build it: ../shared/anchors/llamacpp.sh paths)",
+                  file=sys.stderr)
+            return True
+    return False
