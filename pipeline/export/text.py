@@ -31,7 +31,7 @@ from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
 from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
-from pipeline.export.row_scales import scales_in_graph
+from pipeline.export.row_scales import asymmetric_inputs, scales_in_graph
 from pipeline.export.tflite import (check_size, convert_saved_model, lookup_tables, op_report,
                                     outside_stock_runtime, quantize, read_model, tie_embedding,
                                     write_model)
@@ -151,6 +151,7 @@ def text_model_tflite(module, parameters: int, quantization: str):
     eight_bit = table_users if quantization == Quantization.INT4 else ()
     quantized = read_model(quantize(rewritten, quantization, eight_bit))
     scales_in_graph(quantized)
+    asymmetric_inputs(quantized)  # the 2.19 texts in 2.16 (row_scales.py)
     model_bytes = with_computed_versions(write_model(quantized))
     stored = check_size(read_model(model_bytes), parameters, quantization,
                         table_parameters if eight_bit else 0)

@@ -139,6 +139,17 @@ def test_quantized_modes_run_on_the_stock_runtime_and_shrink(tiny_lm, tmp_path, 
     # quantized: may differ from Keras; on this model at most one prompt does
     assert v["prompts"] >= 7 and v["matches"] >= v["prompts"] - 1, v["rows"]
     assert len(m["verification"]["first_differences"]) == v["prompts"]
+    # every hybrid matrix product quantizes its input rows asymmetrically, as newer runtimes'
+    # XNNPACK does: what keeps the 2.19 texts in 2.16 (row_scales.asymmetric_inputs)
+    from pipeline.export.row_scales import OPS, TYPES
+    from pipeline.export.tflite import builtin_code, read_model
+    model = read_model(result.model_path.read_bytes())
+    flags = [op.builtinOptions.asymmetricQuantizeInputs for sg in model.subgraphs
+             for op in sg.operators
+             if builtin_code(model.operatorCodes[op.opcodeIndex]) == OPS.FULLY_CONNECTED
+             and sg.tensors[int(op.inputs[1])].type in (TYPES.INT8, TYPES.INT4)]
+    if mode != "fp16":  # (fp16 weights are dequantized: no hybrid kernel)
+        assert len(flags) >= 2 * 4 + 1 and all(flags)  # 4 per block, and the logits
 
 
 def test_a_text_model_needing_a_newer_runtime_fails_the_export(tiny_lm, tmp_path, monkeypatch):
