@@ -73,9 +73,10 @@ def bench_mode(work: Path, preset: str | None, mode: str, threads_list, flex_pyt
             print(f"[{mode}] {threads} thread(s): text model, {new} new tokens ...", flush=True)
             passes = text_passes(flex_python, path, prompt, threads)
             # the file generates to its limit (random weights never stop it): re-tokenizing
-            # the text may merge or split a few tokens, a shorter text is an early stop
+            # the text may merge or split tokens (more or a few fewer than were made); only a
+            # text much shorter than that is an early stop
             counted = len(tokenizer(passes.pop("text"))) - len(tokenizer(prompt))
-            made = new if abs(counted - new) <= 4 else counted
+            made = new if counted >= new - 4 else counted
             passes.update(new_tokens=made, new_tokens_per_s=made / passes["warm_call_s"],
                           worst_new_tokens_per_s=made / passes["worst_warm_call_s"])
             row["text"][str(new)] = passes
