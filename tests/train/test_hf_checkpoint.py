@@ -146,3 +146,20 @@ def test_another_architecture_is_named(tmp_path):
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(PresetError, match="Hugging Face 'llama' checkpoint; this project trains"):
         presets.resolve_preset(str(tmp_path / "llama"))
+
+
+@pytest.mark.slow  # the whole chain under papermill on the HF checkpoint
+def test_a_run_completes_on_an_hf_checkpoint(hf_checkpoint, tmp_path, kitchen_lines):
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(kitchen_lines[:40]), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "configs/tiny.yaml",
+                           "--set", f"model.preset={hf_checkpoint[0]}", "--set",
+                           f"data.path={data}", "--set", f"output_dir={tmp_path / 'runs'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert metrics["finetune"]["after"]["val_perplexity"] < \
+        metrics["finetune"]["before"]["val_perplexity"]
+    text = metrics["export"]["teacher"]["text"]["verification"]
+    assert text["matches"] >= text["prompts"] - 1
+    assert metrics["export"]["student"]["litertlm"]["verification"]["tokenizer_identical"]
