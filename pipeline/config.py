@@ -53,6 +53,7 @@ class DataConfig:
 class FinetuneConfig:
     sequence_length: int = 192  # tokens per example incl. start/end token; <= the model's limit
     batch_size: int = 16
+    micro_batch_size: int = 0  # 0 = batch_size; else rows per pass, gradients averaged per batch
     epochs: int = 8
     max_steps: int = 0  # 0 = no limit; else stop after this many optimizer steps
     learning_rate: float = 2e-3  # peak learning rate of AdamW
@@ -95,6 +96,7 @@ class DistillConfig:
     epochs: int = 4
     max_steps: int = 0  # 0 = no limit
     batch_size: int = 16
+    micro_batch_size: int = 0  # 0 = batch_size (as finetune.micro_batch_size)
     learning_rate: float = 1e-3
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
@@ -188,6 +190,7 @@ def validate(cfg: RunConfig) -> None:
          f"data.validation_tokens: {data.validation_tokens} must be >= 1"),
         (ft.sequence_length >= 8, f"finetune.sequence_length: {ft.sequence_length} must be >= 8"),
         (ft.batch_size >= 1, f"finetune.batch_size: {ft.batch_size} must be >= 1"),
+        _divides(ft.micro_batch_size, ft.batch_size, "finetune"),
         (ft.epochs >= 1, f"finetune.epochs: {ft.epochs} must be >= 1"),
         (ft.max_steps >= 0, f"finetune.max_steps: {ft.max_steps} must be >= 0 (0 = no limit)"),
         (ft.learning_rate > 0, f"finetune.learning_rate: {ft.learning_rate} must be > 0"),
@@ -210,6 +213,7 @@ def validate(cfg: RunConfig) -> None:
         (ds.epochs >= 1, f"distill.epochs: {ds.epochs} must be >= 1"),
         (ds.max_steps >= 0, f"distill.max_steps: {ds.max_steps} must be >= 0 (0 = no limit)"),
         (ds.batch_size >= 1, f"distill.batch_size: {ds.batch_size} must be >= 1"),
+        _divides(ds.micro_batch_size, ds.batch_size, "distill"),
         (ds.learning_rate > 0, f"distill.learning_rate: {ds.learning_rate} must be > 0"),
         (ex.quantization in {q.value for q in Quantization},
          f"export.quantization: {ex.quantization!r} is not one of {choices(Quantization)}"),
@@ -248,6 +252,17 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _divides(micro: int, batch: int, section: str) -> tuple[bool, str]:
+    return (micro == 0 or (micro >= 1 and batch % micro == 0),
+            f"{section}.micro_batch_size: {micro} must divide {section}.batch_size {batch} "
+            f"(0 = the whole batch in one pass)")
+
+
+def accumulation_steps(micro: int, batch: int) -> int:
+    """Passes per optimizer step: batch_size / micro_batch_size (1 when micro is 0)."""
+    return batch // micro if micro else 1
 
 
 def to_dict(cfg) -> dict:

@@ -35,8 +35,9 @@ class StepLossLogger(keras.callbacks.Callback):
         self.val_losses = list(h.get("val_losses", []))
 
     def on_train_batch_end(self, batch, logs=None):
-        if logs and "loss" in logs:
-            self.steps.append(int(self.model.optimizer.iterations.numpy()))
+        step = int(self.model.optimizer.iterations.numpy())  # micro-batches: once per update
+        if logs and "loss" in logs and (not self.steps or step != self.steps[-1]):
+            self.steps.append(step)
             self.losses.append(float(logs["loss"]))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -126,7 +127,7 @@ class ProgressBar(keras.callbacks.Callback):
                         mininterval=2.0)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(1)
+        self.bar.update(int(self.model.optimizer.iterations.numpy()) - self.bar.n)
         if logs and "loss" in logs:
             self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
 

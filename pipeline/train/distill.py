@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from pipeline.config import DistillConfig, RunConfig
+from pipeline.config import DistillConfig, RunConfig, accumulation_steps
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
@@ -115,9 +115,10 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     keras.utils.set_random_seed(cfg.seed)
     steps_per_epoch, epochs, total = plan_steps(len(train), cfg.batch_size, cfg.epochs,
                                                 cfg.max_steps)
+    passes = accumulation_steps(cfg.micro_batch_size, cfg.batch_size)
     with strategy.scope():
         optimizer = make_optimizer(cfg.learning_rate, total, cfg.warmup_fraction,
-                                   cfg.weight_decay)
+                                   cfg.weight_decay, passes)
         variables = student_lm.trainable_variables
         optimizer.build(variables)
 
@@ -139,11 +140,11 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     data = iter(strategy.experimental_distribute_dataset(sharded_by_data(
-        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs))))
+        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs, passes))))
     losses = []
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
     for _ in range(total):
-        losses.append(float(step(next(data))))
+        losses.append(sum(float(step(next(data))) for _ in range(passes)) / passes)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()

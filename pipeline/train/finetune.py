@@ -115,8 +115,9 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
         causal_lm.backbone.enable_lora(ft.lora_rank)
     steps_per_epoch, epochs, total = plan_steps(len(train), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
+    passes = config_lib.accumulation_steps(ft.micro_batch_size, ft.batch_size)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay), placement.replicas)
+                                         ft.weight_decay, passes), placement.replicas)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
     done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
     if done_epochs and verbose:
@@ -127,7 +128,8 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
         return logger.state()
     if placement.kind == Distribution.MULTI_WORKER.value:  # Keras fit fails under it
         fit_under_strategy(causal_lm, train, val, placement.strategy, batch_size=ft.batch_size,
-                           seed=ft.seed, eval_batch_size=ev.batch_size, first_epoch=done_epochs,
+                           accumulation=passes, seed=ft.seed, eval_batch_size=ev.batch_size,
+                           first_epoch=done_epochs,
                            epochs=epochs, steps_per_epoch=steps_per_epoch, total=total,
                            checkpoint=checkpoint, logger=logger, verbose=verbose)
         return logger.state()
@@ -141,10 +143,10 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
         callbacks.append(ProgressBar(total, "fine-tuning"))
     with preprocessor_detached(causal_lm):
         causal_lm.fit(
-            training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs),
+            training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs, passes),
             validation_data=evaluation_batches(val, ev.batch_size),
             validation_steps=-(-len(val.y) // ev.batch_size),
-            steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=done_epochs,
+            steps_per_epoch=steps_per_epoch * passes, epochs=epochs, initial_epoch=done_epochs,
             callbacks=callbacks, verbose=0, shuffle=False,
         )
     return logger.state()

@@ -16,8 +16,15 @@ from keras import ops
 
 
 def make_optimizer(learning_rate: float, total_steps: int, warmup_fraction: float,
-                   weight_decay: float):
-    """Returns AdamW with linear warm-up to `learning_rate`, then cosine decay to 0."""
+                   weight_decay: float, accumulation: int = 1):
+    """Returns AdamW with linear warm-up to `learning_rate`, then cosine decay to 0, over
+    `total_steps` optimizer steps.
+
+    With `accumulation` > 1 the optimizer is called once per micro-batch and updates the
+    weights every `accumulation` calls with the mean of their gradients (Keras's
+    `gradient_accumulation_steps`); the schedule still counts optimizer steps, so a step of
+    N micro-batches gets the learning rate one step of the whole batch gets.
+    """
     warmup = int(total_steps * warmup_fraction)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else learning_rate,
@@ -25,12 +32,34 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_fraction: floa
         warmup_target=learning_rate if warmup else None,
         warmup_steps=warmup,
     )
+    if accumulation > 1:
+        schedule = PerOptimizerStep(schedule, accumulation)
     optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=weight_decay, global_clipnorm=1.0
+        learning_rate=schedule, weight_decay=weight_decay, global_clipnorm=1.0,
+        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )
     # LayerNorm and biases are not decayed, as in GPT-2 training recipes.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+class PerOptimizerStep(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` of optimizer steps, read by an optimizer that counts micro-batches."""
+
+    def __init__(self, schedule, accumulation: int):
+        self.schedule, self.accumulation = schedule, accumulation
+
+    def __call__(self, step):
+        return self.schedule(step // self.accumulation)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "accumulation": self.accumulation}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]),
+                   config["accumulation"])
 
 
 def compile_lm(causal_lm, optimizer, replicas: int = 1) -> None:
@@ -61,11 +90,14 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples).astype("int64")
 
 
-def training_batches(source, batch_size: int, seed: int, first_epoch: int, epochs: int):
+def training_batches(source, batch_size: int, seed: int, first_epoch: int, epochs: int,
+                     accumulation: int = 1):
     """Returns the batches of epochs first_epoch..epochs-1, ceil(N / batch) per epoch.
 
     `source`: a `data.TokenizedSplit` (in RAM) or a `token_cache.Windows` (on disk): either
     gives `len()` rows and `rows(idx) -> (x, y, w)`; only the rows of the next batches are read.
+    With `accumulation` A > 1 each batch comes as A equal micro-batches in a row (an epoch's
+    short last batch of r rows is filled to a multiple of A by repeating its own rows).
     """
     orders = np.stack([epoch_order(len(source), seed, e) for e in range(first_epoch, epochs)])
     length = source.rows(np.zeros(1, "int64"))[1].shape[1]
@@ -83,10 +115,18 @@ def training_batches(source, batch_size: int, seed: int, first_epoch: int, epoch
         ids, mask, y, w = parts
         return {"token_ids": ids, "padding_mask": mask}, y, w
 
-    return (tf.data.Dataset.from_tensor_slices(orders)
-            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
-            .map(batch)
-            .prefetch(2))
+    def micro_batches(idx):
+        rows = tf.shape(idx)[0]
+        per = -(-rows // accumulation)
+        filled = tf.gather(idx, tf.range(per * accumulation) % rows)
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(filled, [accumulation, per]))
+
+    batches = (tf.data.Dataset.from_tensor_slices(orders)
+               .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order)
+                         .batch(batch_size)))
+    if accumulation > 1:
+        batches = batches.flat_map(micro_batches)
+    return batches.map(batch).prefetch(2)
 
 
 def evaluation_batches(split, batch_size: int):

@@ -30,15 +30,17 @@ def sharded_by_data(dataset):
     return dataset.with_options(options)
 
 
-def fit_under_strategy(causal_lm, train, val, strategy, *, batch_size: int, seed: int,
+def fit_under_strategy(causal_lm, train, val, strategy, *, batch_size: int, accumulation: int,
+                       seed: int,
                        eval_batch_size: int, first_epoch: int, epochs: int,
                        steps_per_epoch: int, total: int, checkpoint: EpochCheckpoint,
                        logger: StepLossLogger, verbose: bool) -> None:
     """Trains the compiled `causal_lm` in place from `first_epoch`; fills `logger` as `fit`'s
-    callbacks do and saves `checkpoint` after each epoch."""
+    callbacks do and saves `checkpoint` after each epoch. With `accumulation` A > 1 each
+    step is A passes over micro-batches of batch_size / A (the optimizer accumulates)."""
     optimizer, variables = causal_lm.optimizer, causal_lm.trainable_variables
     length = train.rows([0])[1].shape[1]
-    positions = float(batch_size * length)
+    positions = float(batch_size // accumulation * length)
 
     @tf.function
     def replica_step(x, y, w):
@@ -55,7 +57,7 @@ def fit_under_strategy(causal_lm, train, val, strategy, *, batch_size: int, seed
                                strategy.run(replica_step, args=batch), axis=None)
 
     batches = iter(strategy.experimental_distribute_dataset(sharded_by_data(
-        training_batches(train, batch_size, seed, first_epoch, epochs))))
+        training_batches(train, batch_size, seed, first_epoch, epochs, accumulation))))
     done = int(optimizer.iterations.numpy())
     bar = tqdm(total=total, initial=done, desc="fine-tuning", unit="step", mininterval=2.0,
                disable=not verbose)
@@ -63,7 +65,7 @@ def fit_under_strategy(causal_lm, train, val, strategy, *, batch_size: int, seed
         for _ in range(steps_per_epoch):
             if done >= total:
                 break
-            loss = float(step(next(batches)))
+            loss = sum(float(step(next(batches))) for _ in range(accumulation)) / accumulation
             done = int(optimizer.iterations.numpy())
             logger.steps.append(done)
             logger.losses.append(loss)

@@ -94,6 +94,8 @@ def test_student_bigger_than_teacher_is_rejected(tiny_preset, overrides, message
     ({"temperature": -1.5}, "distill.temperature: -1.5 must be > 0"),
     ({"alpha": 1.5}, r"distill.alpha: 1.5 must be in \[0, 1\]"),
     ({"alpha": -0.1}, r"distill.alpha: -0.1 must be in \[0, 1\]"),
+    ({"micro_batch_size": 5}, "distill.micro_batch_size: 5 must divide distill.batch_size 16"),
+    ({"micro_batch_size": -2}, "distill.micro_batch_size: -2 must divide"),
 ])
 def test_bad_distill_settings(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,3 +118,30 @@ def test_few_steps_lower_the_distillation_loss(tiny_preset, kitchen_lines):
     losses = train_student(student_lm, teacher, train, cfg, cfg.alpha, "test", verbose=False)
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
+
+
+def test_micro_batches_give_the_losses_of_the_whole_batch(tiny_preset, kitchen_lines):
+    import keras_hub
+
+    from pipeline.train.data import tokenize
+    from pipeline.train.presets import load_causal_lm
+
+    teacher = load_causal_lm(str(tiny_preset))
+    teacher.preprocessor.sequence_length = 48
+    train = tokenize(kitchen_lines[:48], teacher.preprocessor, packing=True)
+    train.w[:] = 1.0  # every row the same token count: the mean of micro-batch means is exact
+    losses, weights = {}, {}
+    for micro in (0, 2):
+        cfg = load_config(None, {"distill": {"max_steps": 6, "batch_size": 8,
+                                             "micro_batch_size": micro,
+                                             "learning_rate": 3e-3}}).distill
+        student, _ = build_student(teacher.backbone, cfg)
+        student_lm = keras_hub.models.GPT2CausalLM(student, teacher.preprocessor)
+        losses[micro] = train_student(student_lm, teacher, train, cfg, cfg.alpha, "test",
+                                      verbose=False)
+        weights[micro] = student.get_weights()
+    assert len(losses[2]) == len(losses[0]) == 6
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-4)
+    assert losses[0][-1] < losses[0][0]  # it trained
+    for a, b in zip(weights[2], weights[0]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
