@@ -157,13 +157,14 @@ def _first_line(e: Exception) -> str:
 
 
 def cmd_bench(args) -> None:
-    from pipeline.bench import export_size, finetune_speed, litertlm_speed
+    from pipeline.bench import chain_memory, export_size, finetune_speed, litertlm_speed
 
     mains = {"export": export_size.main, "litertlm": litertlm_speed.main,
-             "finetune": finetune_speed.main}
+             "finetune": finetune_speed.main, "chain": chain_memory.main}
     if not args.rest or args.rest[0] not in mains:
         raise ConfigError("bench: name one benchmark: export (text-model sizes), litertlm "
-                          "(LiteRT-LM vs Keras speed) or finetune (training tokens/s, MFU); "
+                          "(LiteRT-LM vs Keras speed), finetune (training tokens/s, MFU) or chain "
+                          "(pipeline run at GPT-2 medium shape: stage times, peak memory); "
                           "add --help for its options")
     sys.exit(mains[args.rest[0]](args.rest[1:]))
 

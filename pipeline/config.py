@@ -62,6 +62,7 @@ class FinetuneConfig:
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
     distribution: str = "auto"  # auto | none | mirrored | multi_worker | tpu (distill too)
     precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, Ampere+)
+    jit_compile: bool = True  # XLA step on one device (distill too); holds a 2nd training state
     keep_checkpoints: bool = False  # false: optimizer checkpoints are deleted once the stage ends
     seed: int = 42
 

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pipeline.bench.gpt2_base import tokenizer_and_weights
 from pipeline.bench.text_speed import bench_speed, markdown as speed_markdown
 from pipeline.config import PROJECT_ROOT, ExportConfig
 from pipeline.export.graph import GPT2Graph
-from pipeline.export.text import text_model_tflite
+from pipeline.export.text import save_text_model, text_model_tflite
 from pipeline.export.text_graph import TextModel
 from pipeline.report import write_benchmark
 from pipeline.runtime.flex import run_in_flex
@@ -35,7 +36,10 @@ def export_one(mode: str, out_file: str, preset: str | None, max_length: int) ->
     started = time.time()
     tokenizer, weights = tokenizer_and_weights(preset)
     module = TextModel(tokenizer, GPT2Graph(weights), ExportConfig().sampling, max_length)
-    model_bytes, stored, _ = text_model_tflite(module, weights.count(), mode)
+    with tempfile.TemporaryDirectory() as saved:
+        save_text_model(module, saved)
+        del module
+        model_bytes, stored, _ = text_model_tflite(saved, weights.count(), mode)
     Path(out_file).write_bytes(model_bytes)
     Path(out_file + ".json").write_text(json.dumps({
         "parameters": weights.count(), "weight_bytes": stored,

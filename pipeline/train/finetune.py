@@ -117,7 +117,8 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
                                                 ft.max_steps)
     passes = config_lib.accumulation_steps(ft.micro_batch_size, ft.batch_size)
     compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay, passes), placement.replicas)
+                                         ft.weight_decay, passes), placement.replicas,
+               ft.jit_compile)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
     done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
     if done_epochs and verbose:
