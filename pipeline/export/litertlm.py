@@ -28,13 +28,14 @@ import tensorflow as tf
 
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
+from pipeline.export.convert_child import convert_in_child
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.half_cache import half_cache, kv_cache_dtype
 from pipeline.export.op_versions import (BUNDLE_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
-from pipeline.export.tflite import (check_size, convert_saved_model, quantize, read_model,
+from pipeline.export.tflite import (check_size, quantize, read_model,
                                     share_subgraphs, tie_embedding)
 from pipeline.export.verify import (bundle_prompts, bundle_summary, enforce_bundle,
                                     greedy_parity, logits_parity, tokenizer_parity)
@@ -163,7 +164,7 @@ def streaming_tflite(weights, context: int, lengths, quantization: str):
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         del module
-        float_model = convert_saved_model(tmp, select_tf_ops=False)
+        float_model = convert_in_child(tmp, select_tf_ops=False)
     rewritten = read_model(float_model)  # one parse of the ~500 MB model for every rewrite
     del float_model
     tie_embedding(rewritten)

@@ -32,7 +32,8 @@ from pipeline.export.text_graph import TextModel
 from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
 from pipeline.export.row_scales import asymmetric_inputs, scales_in_graph
-from pipeline.export.tflite import (check_size, convert_saved_model, lookup_tables, op_report,
+from pipeline.export.convert_child import convert_in_child
+from pipeline.export.tflite import (check_size, lookup_tables, op_report,
                                     outside_stock_runtime, quantize, read_model, tie_embedding,
                                     write_model)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
@@ -152,7 +153,7 @@ def text_model_tflite(saved_model_dir, parameters: int, quantization: str):
     the looked-up tables (the tied token table, the position table) are int8, since TFLite
     reads int4 lookup tables only from 2.18.
     """
-    float_model = convert_saved_model(saved_model_dir, select_tf_ops=True)
+    float_model = convert_in_child(saved_model_dir, select_tf_ops=True)
     rewritten = read_model(float_model)
     del float_model  # read_model copied it: one fewer model in memory while quantizing
     lookups = tie_embedding(rewritten)
