@@ -28,7 +28,6 @@ from pathlib import Path
 import papermill
 
 from pipeline import config as config_lib
-from pipeline.train.embedded_base import embedded_preset
 from pipeline.config import PROJECT_ROOT, RunConfig
 from pipeline.errors import PipelineError
 from pipeline.fsutil import renamed_paths, replace_dir, write_json, write_text
@@ -66,6 +65,8 @@ def run(config_path, overrides: dict | None = None, fresh: bool = False) -> Path
             prints = fingerprints(cfg)
             _prepare(partial, config_lib.dump_yaml(cfg), prints, fresh)
             if cfg.model.preset == "embedded":  # built once, then cached
+                from pipeline.train.embedded_base import embedded_preset  # loads TensorFlow
+
                 started = time.time()
                 embedded_preset()
                 times["base"] = time.time() - started

@@ -88,3 +88,13 @@ def test_unwritable_output_dir_is_one_line_and_writes_nothing(tmp_path, output_d
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: output_dir: cannot write to {output_dir} ("), last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_the_run_driver_holds_no_tensorflow():
+    """`pipeline run` only drives the notebooks (each stage's kernel loads the model): its
+    process, resident beside every stage, imports neither TensorFlow nor Keras."""
+    code = ("import sys, pipeline.__main__, pipeline.run, pipeline.sweep.run; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'keras_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -9,12 +9,11 @@ published: each folder appears, or replaces the one before it, whole in one rena
 
 from __future__ import annotations
 
-from pipeline.train.embedded_base import WEIGHTS_FILE
 from pipeline.config import RunConfig
 from pipeline.export.handoff import write_handoff
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.text import export_text_model
-from pipeline.train.presets import check_local_preset, load_causal_lm
+from pipeline.train.presets import WEIGHTS_FILE, check_local_preset, load_causal_lm
 from pipeline.report import read_metrics
 from pipeline.fsutil import atomic_dir, renamed_paths
 from pipeline.run_folder import EXPORT_TARGETS, RunFolder

@@ -18,7 +18,7 @@ Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a kera
 
 from __future__ import annotations
 
-import gc
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,8 @@ from pipeline.train.distribution import place
 from pipeline.train.strategy_loop import sharded_by_data
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
-from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
+from pipeline.train.loop import (make_optimizer, perplexity, plan_steps, release_freed_memory,
+                                 training_batches)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     # The traced steps and the optimizer sit in reference cycles: free the optimizer's state
     # now, not after the baseline has built its own (GPT-2 medium's student: 3.2 GB each).
     del step, replica_step, optimizer, variables, data
-    gc.collect()
+    release_freed_memory()
     return losses
 
 
@@ -174,66 +175,39 @@ def verdict(ppl: dict) -> str:
 def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
             verbose: bool = True) -> DistillResult:
     """Distills the teacher (default: the run's fine-tuned model) into a smaller student."""
-    d, ft = cfg.distill, cfg.finetune
+    d = cfg.distill
     folder = RunFolder(run_dir)
     log = print if verbose else (lambda *a, **k: None)
     source = teacher or str(check_local_preset(folder.finetune_preset))
-    placement = place(ft.distribution, d.batch_size, "distill")
+    placement = place(cfg.finetune.distribution, d.batch_size, "distill")
     log(placement.line())
-    with placement.strategy.scope():
-        teacher_lm = load_causal_lm(source)
-    length = min(ft.sequence_length, teacher_lm.backbone.max_sequence_length)
-    teacher_lm.preprocessor.sequence_length = length
-    corpus = open_corpus(cfg.data, teacher_lm.preprocessor.tokenizer, verbose)  # cached
-    train = corpus.windows("train", length, cfg.data.packing)
-    val = corpus.windows("validation", length, cfg.data.packing).sample(
-        cfg.data.validation_tokens)
-
-    keras.utils.set_random_seed(d.seed)
-    with placement.strategy.scope():
-        student_backbone, init = build_student(teacher_lm.backbone, d)
-        baseline_backbone = keras_hub.models.GPT2Backbone.from_config(
-            student_backbone.get_config())
-        baseline_backbone.set_weights(student_backbone.get_weights())  # same initialisation
-        student_lm = keras_hub.models.GPT2CausalLM(student_backbone, teacher_lm.preprocessor)
-        baseline_lm = keras_hub.models.GPT2CausalLM(baseline_backbone, teacher_lm.preprocessor)
-    log(f"Student: {student_backbone.num_layers} layers, {student_backbone.hidden_dim} wide, "
-        f"{student_backbone.count_params():,} parameters ({init['init']}"
-        f"{', teacher layers ' + str(init['teacher_layers']) if init['teacher_layers'] else ''})")
-
-    started = time.time()
-    student_losses = train_student(student_lm, teacher_lm, train, d, d.alpha, "distilling",
-                                   verbose, placement.strategy, ft.jit_compile)
-    baseline_losses = train_student(baseline_lm, teacher_lm, train, d, 0.0,
-                                    "baseline (labels only)", verbose, placement.strategy,
-                                    ft.jit_compile)
-    train_seconds = time.time() - started
-
-    ppl = {name: perplexity(lm, val.x, val.y, val.w, cfg.eval.batch_size)["perplexity"]
-           for name, lm in (("teacher", teacher_lm), ("student", student_lm),
-                            ("baseline", baseline_lm))}
-    params = {"teacher": teacher_lm.backbone.count_params(),
-              "student": student_backbone.count_params(),
-              "baseline": baseline_backbone.count_params()}
+    # Each model lives only in the call that uses it (a frame's locals can outlive `del`), so
+    # that at most two are held at once: the teacher and the student while distilling, then
+    # the baseline alone, built from the student's initial weights on disk (GPT-2 medium:
+    # teacher 1.4 GB, each student 0.8 GB, a student's training state 3-4 GB more).
+    with tempfile.TemporaryDirectory(prefix="distill-init-") as tmp:
+        initial = Path(tmp) / "student.weights.h5"
+        s = _teacher_and_student(cfg, source, placement, initial, folder, log, verbose)
+        release_freed_memory()
+        baseline_losses, ppl_baseline, baseline_seconds = _baseline(
+            cfg, s, placement, initial, verbose)
+    ppl = {**s["ppl"], "baseline": ppl_baseline}
+    speed = s["speed"]
+    params = {**s["params"], "baseline": s["params"]["student"]}
     log("validation perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
     judged = verdict(ppl)
     log(judged)
-    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
-    speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens),
-             "student": decode_tokens_per_second(student_lm, prompt, d.speed_tokens)}
     log(f"Keras decode: teacher {speed['teacher']:.1f} tokens/s, student "
         f"{speed['student']:.1f} tokens/s")
-    generations = evaluate(student_lm, val, cfg.eval, cfg.eval.max_length)["generations"]
 
-    preset_dir = save_preset(student_lm, folder.student_preset, cfg)
     plot_perplexities(ppl, params, folder.distill / "perplexity.png")
     write_json(folder.distill / "generations.json", {"prompts": list(cfg.eval.prompts),
-                                                "student": generations})
+                                                     "student": s["generations"]})
+    student_losses = s["losses"]
     metrics = {
         "teacher": source,
-        "student_layers": student_backbone.num_layers,
-        "student_hidden_dim": student_backbone.hidden_dim,
-        "init": init,
+        **s["shape"],
+        "init": s["init"],
         "temperature": d.temperature, "alpha": d.alpha,
         "steps": len(student_losses),
         "distribution": placement.describe(),
@@ -248,7 +222,72 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
                                          float(np.mean(baseline_losses[-5:]))]},
         "keras_decode_tokens_per_second": speed,
         "speedup": speed["student"] / speed["teacher"],
-        "train_seconds": round(train_seconds, 1),
-        "generations": generations,
+        "train_seconds": round(s["train_seconds"] + baseline_seconds, 1),
+        "generations": s["generations"],
     }
-    return DistillResult(preset_dir=preset_dir, metrics=metrics)
+    return DistillResult(preset_dir=s["preset_dir"], metrics=metrics)
+
+
+def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
+                         folder: RunFolder, log, verbose: bool) -> dict:
+    """Loads the teacher, measures it, distills the student from it (its initial weights
+    saved to `initial`), measures and saves the student; returns what the metrics need."""
+    d, ft = cfg.distill, cfg.finetune
+    with placement.strategy.scope():
+        teacher_lm = load_causal_lm(source)
+    length = min(ft.sequence_length, teacher_lm.backbone.max_sequence_length)
+    preprocessor = teacher_lm.preprocessor
+    preprocessor.sequence_length = length
+    corpus = open_corpus(cfg.data, preprocessor.tokenizer, verbose)  # cached
+    train = corpus.windows("train", length, cfg.data.packing)
+    val = corpus.windows("validation", length, cfg.data.packing).sample(
+        cfg.data.validation_tokens)
+    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
+    ppl = {"teacher": perplexity(teacher_lm, val.x, val.y, val.w,
+                                 cfg.eval.batch_size)["perplexity"]}
+    speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens)}
+
+    keras.utils.set_random_seed(d.seed)
+    with placement.strategy.scope():
+        student_backbone, init = build_student(teacher_lm.backbone, d)
+        student_lm = keras_hub.models.GPT2CausalLM(student_backbone, preprocessor)
+    log(f"Student: {student_backbone.num_layers} layers, {student_backbone.hidden_dim} wide, "
+        f"{student_backbone.count_params():,} parameters ({init['init']}"
+        f"{', teacher layers ' + str(init['teacher_layers']) if init['teacher_layers'] else ''})")
+    student_backbone.save_weights(str(initial))  # the baseline's initialisation
+    started = time.time()
+    losses = train_student(student_lm, teacher_lm, train, d, d.alpha, "distilling", verbose,
+                           placement.strategy, ft.jit_compile)
+    train_seconds = time.time() - started
+    ppl["student"] = perplexity(student_lm, val.x, val.y, val.w,
+                                cfg.eval.batch_size)["perplexity"]
+    speed["student"] = decode_tokens_per_second(student_lm, prompt, d.speed_tokens)
+    return {
+        "train": train, "val": val, "preprocessor": preprocessor,
+        "student_config": student_backbone.get_config(), "init": init,
+        "shape": {"student_layers": student_backbone.num_layers,
+                  "student_hidden_dim": student_backbone.hidden_dim},
+        "params": {"teacher": teacher_lm.backbone.count_params(),
+                   "student": student_backbone.count_params()},
+        "ppl": ppl, "speed": speed, "losses": losses, "train_seconds": train_seconds,
+        "generations": evaluate(student_lm, val, cfg.eval, cfg.eval.max_length)["generations"],
+        "preset_dir": save_preset(student_lm, folder.student_preset, cfg),
+    }
+
+
+def _baseline(cfg: RunConfig, s: dict, placement, initial: Path,
+              verbose: bool) -> tuple[list[float], float, float]:
+    """Trains the labels-only baseline from the student's initial weights; returns its
+    losses, its validation perplexity and the training seconds."""
+    with placement.strategy.scope():
+        backbone = keras_hub.models.GPT2Backbone.from_config(s["student_config"])
+        backbone.load_weights(str(initial))
+        baseline_lm = keras_hub.models.GPT2CausalLM(backbone, s["preprocessor"])
+    started = time.time()
+    losses = train_student(baseline_lm, None, s["train"], cfg.distill, 0.0,
+                           "baseline (labels only)", verbose, placement.strategy,
+                           cfg.finetune.jit_compile)
+    seconds = time.time() - started
+    val = s["val"]
+    ppl = perplexity(baseline_lm, val.x, val.y, val.w, cfg.eval.batch_size)["perplexity"]
+    return losses, ppl, seconds

@@ -36,7 +36,6 @@ from pipeline.train.data import TokenizedSplit
 from pipeline.train.loop import compile_lm, make_optimizer, perplexity, training_batches
 
 END_TOKEN = "<|endoftext|>"
-WEIGHTS_FILE = "model.weights.h5"  # a keras-hub preset's weights
 BUILD_VERSION = 3  # bump when the build code changes what it produces
 
 

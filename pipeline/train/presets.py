@@ -21,13 +21,13 @@ import os
 import socket
 from pathlib import Path
 
-import keras_hub
-
-from pipeline.train.embedded_base import WEIGHTS_FILE, embedded_preset
 from pipeline.config import dump_yaml
 from pipeline.errors import PresetError
 from pipeline.fsutil import atomic_dir
 
+# keras-hub (and TensorFlow under it) is imported by the functions that load or save a model,
+# not at import: `pipeline run` checks presets in a process that runs notebooks and holds no model.
+WEIGHTS_FILE = "model.weights.h5"  # a keras-hub preset's weights
 REMOTE_HOSTS = {"hf://": "huggingface.co", "kaggle://": "www.kaggle.com"}
 
 
@@ -40,6 +40,8 @@ def _can_reach(host: str, timeout: float = 4.0) -> bool:
 
 
 def _known_names() -> list[str]:
+    import keras_hub
+
     return sorted(keras_hub.models.GPT2Backbone.presets)
 
 
@@ -93,6 +95,8 @@ def resolve_preset(preset: str) -> str:
     if not isinstance(preset, str) or not preset.strip():
         raise PresetError("preset is empty: use 'embedded', a keras-hub name, a handle or a folder")
     if preset == "embedded":
+        from pipeline.train.embedded_base import embedded_preset  # loads TensorFlow: only here
+
         return str(embedded_preset())
     for scheme, host in REMOTE_HOSTS.items():
         if preset.startswith(scheme):
@@ -120,6 +124,8 @@ def _remote(preset: str, host: str) -> str:
 def load_causal_lm(preset: str, dtype: str | None = None):
     """Returns a `keras_hub.models.GPT2CausalLM` (backbone, tokenizer, preprocessor) from `preset`;
     `dtype` (a dtype policy name such as "mixed_float16") applies to this model only."""
+    import keras_hub
+
     source = resolve_preset(preset)
     try:
         return keras_hub.models.GPT2CausalLM.from_preset(source, dtype=dtype)
@@ -131,6 +137,8 @@ def load_causal_lm(preset: str, dtype: str | None = None):
 
 def load_tokenizer(preset: str):
     """Returns only the tokenizer of `preset` (no weights loaded): enough to read the data."""
+    import keras_hub
+
     source = resolve_preset(preset)
     try:
         return keras_hub.models.GPT2Tokenizer.from_preset(source)
@@ -146,7 +154,7 @@ def _cause(error: Exception) -> str:
 
 def save_preset(causal_lm, folder, cfg=None) -> Path:
     """Saves backbone, tokenizer, preprocessor and task to `folder`, replacing it atomically;
-    with `cfg`, the run's resolved config goes beside them as config.yaml."""
+    with `cfg`, the run's resolved config goes beside them as run_config.yaml."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         causal_lm.save_to_preset(str(tmp))
