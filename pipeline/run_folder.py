@@ -4,13 +4,14 @@ A run folder (`<output_dir>/<name>/`, built as `<name>.partial/` by `python -m p
   config.yaml                 the resolved config
   metrics.json                one section per stage
   notebooks/                  the executed notebooks
-  finetune/preset/            the fine-tuned model (keras-hub preset) + config.yaml
-  finetune/checkpoints/       weights, optimizer and random state after each epoch
+  finetune/preset/            the fine-tuned model (keras-hub preset) + run_config.yaml
+  finetune/checkpoints/       weights and optimizer state after each epoch, latest.json (the
+                              data order is a function of seed and epoch: no random state)
   finetune/tensorboard/, loss_curve.png, generations.json
-  distill/preset/             the student (keras-hub preset) + config.yaml
+  distill/preset/             the student (keras-hub preset) + run_config.yaml
   distill/perplexity.png, generations.json
   export/<model>_<target>/    what mobile teams receive (`text`, `litertlm`; the teacher has
-                              no prefix, the student `student_`) + config.yaml
+                              no prefix, the student `student_`) + run_config.yaml
 
 Example:
     >>> folder = RunFolder("runs/default")

@@ -31,7 +31,7 @@ SHAPES = {"base": GPT2_BASE,
 # the learning rate and the result and cut the activations held at once; no XLA step (it
 # holds a second training state); LoRA, since full fine-tuning's AdamW state (weights,
 # gradients, two slots, the accumulator: 7 copies of 1.4 GB at its peak) does not fit.
-MEMORY_SETTINGS = {"medium": ("finetune.micro_batch_size=4", "distill.micro_batch_size=4",
+MEMORY_SETTINGS = {"medium": ("finetune.micro_batch_size=4", "distill.micro_batch_size=2",
                               "finetune.jit_compile=false", "finetune.lora_rank=8")}
 STAGE_TARGET_GB = 12.0  # Colab's free runtime has about 12.7 GB of RAM
 

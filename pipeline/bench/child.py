@@ -20,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.bench.smaps import rollup
 from pipeline.config import PROJECT_ROOT
 
 
-def run_measured(args: list[str], capture: bool = True, env: dict | None = None
-                 ) -> tuple[str, int, float]:
+def run_measured(args: list[str], capture: bool = True, env: dict | None = None,
+                 memory: list | None = None) -> tuple[str, int, float]:
     """Runs `args` from the project folder; returns (stdout, exit status, peak RSS MB). With
-    `capture` false the child prints to this process's output and "" is returned."""
+    `capture` false the child prints to this process's output and "" is returned; with a
+    `memory` list, each poll appends the child's `smaps.rollup` to it."""
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(args, stdout=out if capture else None,
                                  stderr=subprocess.DEVNULL if capture else None, text=True,
@@ -34,6 +36,8 @@ def run_measured(args: list[str], capture: bool = True, env: dict | None = None
         peak = 0.0
         while child.poll() is None:
             peak = max(peak, _vm_hwm_mb(child.pid))
+            if memory is not None:
+                memory.append(rollup(child.pid))
             time.sleep(0.05)
         out.seek(0)
         return out.read(), child.returncode, peak

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.bench.child import run_measured
+from pipeline.bench.smaps import peaks
 
 LITERT_LM = Path(sys.executable).with_name("litert-lm")
 
@@ -35,9 +36,9 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_toke
     `repeats` repetitions, as it reports), file MB and peak RSS: with `context`, that of one
     more run whose prompt and generation fill `context` tokens (its KV cache is that long;
     the timed runs' caches hold only their own prompt or generation)."""
-    def run(*test: str) -> tuple[str, float]:
+    def run(*test: str, memory: list | None = None) -> tuple[str, float]:
         args = [str(binary), "-m", str(gguf), "-t", str(threads), *test, "-o", "json"]
-        out, status, rss = run_measured(args)
+        out, status, rss = run_measured(args, memory=memory)
         if status:
             raise SystemExit(f"llama-bench failed (status {status}): {' '.join(args)}")
         return out, rss
@@ -49,8 +50,11 @@ def llama_bench(binary: Path, gguf: Path, threads: int, prompt_lengths, new_toke
               "file_mb": gguf.stat().st_size / 1e6, "prefill_tps": {}, "peak_rss_mb": rss}
     if context:  # llama-bench sizes its KV cache to each test: one test that fills `context`
         result["peak_rss_short_mb"] = rss
+        samples: list = []
         result["peak_rss_mb"] = run("-p", "0", "-n", "0", "-pg",
-                                    f"{context - new_tokens},{new_tokens}", "-r", "1")[1]
+                                    f"{context - new_tokens},{new_tokens}", "-r", "1",
+                                    memory=samples)[1]
+        result["memory_full_context_mb"] = peaks(samples)  # private, file-backed, PSS
     for r in records:
         if r.get("n_prompt") and not r.get("n_gen"):
             result["prefill_tps"][str(r["n_prompt"])] = float(r["avg_ts"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from pipeline.train.loop import loss_and_perplexity
+from pipeline.metrics import loss_and_perplexity
 
 NEG = -0.7 * 3.4028235e38  # what LiteRT-LM's CPU executor writes for masked positions
 

@@ -17,7 +17,6 @@ from pipeline.config import Sampler, Sampling
 from pipeline.errors import PipelineError
 from pipeline.fsutil import file_lock, read_seal, seal_folder, sealed_problem
 from pipeline.run_folder import RunFolder, cache_dir as pipeline_cache
-from pipeline.runtime.memory import release_start_up_code
 
 
 def sampler_config(sampling: Sampling):
@@ -153,7 +152,6 @@ def _start(bundle: Path, threads: int, max_tokens: int | None, cache: Path):
                            max_num_tokens=max_tokens, cache_dir=str(cache),
                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
                            enable_benchmark=True)
-    release_start_up_code()  # about 50 MB of the library's pages that generating does not need
     return eng
 
 

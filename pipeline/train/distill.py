@@ -13,7 +13,7 @@ corpus grows. The baseline is the same student architecture and initialisation t
 the same steps with alpha = 0 (labels only).
 
 Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a keras-hub preset,
-+ config.yaml), perplexity.png, generations.json.
++ run_config.yaml), perplexity.png, generations.json.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from keras import ops
 from pipeline.config import DistillConfig, RunConfig, accumulation_steps
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json
+from pipeline.heap import release_freed_memory
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities
 from pipeline.run_folder import RunFolder
@@ -40,8 +41,7 @@ from pipeline.train.distribution import place
 from pipeline.train.strategy_loop import sharded_by_data
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
-from pipeline.train.loop import (make_optimizer, perplexity, plan_steps, release_freed_memory,
-                                 training_batches)
+from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Fine-tuning stage: a GPT-2 preset + the user's text -> a fine-tuned preset, with numbers.
 
 Writes into `<run_dir>/finetune/` (paths: `RunFolder`):
-  preset/            the fine-tuned model as a keras-hub preset folder (+ config.yaml)
+  preset/            the fine-tuned model as a keras-hub preset folder (+ run_config.yaml)
   checkpoints/       weights + optimizer after each epoch; an interrupted run resumes here and
                      ends exactly where it would have; deleted at the end unless
                      finetune.keep_checkpoints

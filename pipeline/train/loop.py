@@ -7,14 +7,14 @@ batches the uninterrupted run saw from epoch k on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from pipeline.metrics import loss_and_perplexity
 
 
 def make_optimizer(learning_rate: float, total_steps: int, warmup_fraction: float,
@@ -169,29 +169,8 @@ def token_loss_sums(logits_fn, x: dict, y: np.ndarray, w: np.ndarray, batch_size
     return total, count
 
 
-def loss_and_perplexity(total: float, count: float) -> dict:
-    """Returns {"loss", "perplexity"} from summed token cross-entropy and token count."""
-    loss = total / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-
-
 def perplexity(causal_lm, x: dict, y: np.ndarray, w: np.ndarray, batch_size: int = 32) -> dict:
     """Returns {"loss", "perplexity"}: mean token cross-entropy over non-padding targets."""
     return loss_and_perplexity(*token_loss_sums(
         lambda xb: causal_lm(xb, training=False), x, y, w, batch_size))
 
-
-def release_freed_memory() -> None:
-    """Collects reference cycles, then hands the C heap's free memory back to the system.
-
-    TensorFlow's CPU tensors come from glibc malloc, in one arena per thread; memory freed in
-    one arena does not serve the next allocation from another thread, and it stays resident
-    (anonymous pages: the kernel cannot drop them, and Colab has no swap). After a training
-    loop that is gigabytes (GPT-2 medium's student: 7.5 -> 5.0 GB resident), which the next
-    model's training would otherwise add to. No-op where the C library has no malloc_trim.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):
-        pass

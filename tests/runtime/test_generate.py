@@ -41,33 +41,6 @@ def test_generate_unknown_bundle(tmp_path):
         f"error: {tmp_path / 'nope.litertlm'} does not exist: give a .litertlm file or a run folder")
 
 
-def test_engine_releases_the_start_up_code(int8_bundle, monkeypatch):
-    """What loading and starting left resident (about 50 MB of the library) is dropped; the
-    code that generating runs is mapped back from the library file, and the text is the one
-    an engine that kept every page writes."""
-    import pipeline.runtime.litertlm as litertlm
-    from pipeline.runtime.memory import mappings, releasable_code
-
-    def code_kb():
-        return sum(m.rss_kb for m in releasable_code(mappings()))
-
-    with monkeypatch.context() as m:
-        m.setattr(litertlm, "release_start_up_code", lambda: None)
-        kept = litertlm.engine(int8_bundle.bundle_path)
-        try:
-            assert code_kb() > 10 * 1024
-            greedy = "".join(litertlm.stream_generate(None, "Tomato soup.", 8, eng=kept))
-        finally:
-            kept.close()
-    eng = litertlm.engine(int8_bundle.bundle_path)
-    try:
-        assert code_kb() < 1024
-        assert "".join(litertlm.stream_generate(None, "Tomato soup.", 8, eng=eng)) == greedy
-        assert code_kb() > 1024
-    finally:
-        eng.close()
-
-
 def test_the_packed_weight_cache_is_sealed_and_a_damaged_one_rebuilt(int8_bundle, tmp_path,
                                                                       monkeypatch, capsys):
     import pipeline.runtime.litertlm as litertlm
@@ -84,3 +57,14 @@ def test_the_packed_weight_cache_is_sealed_and_a_damaged_one_rebuilt(int8_bundle
     again = "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
     assert f"LiteRT-LM cache {entry} is damaged ({biggest.name} has" in capsys.readouterr().out
     assert again == first and litertlm.sealed_problem(entry, litertlm.CACHE_SEAL) is None
+
+
+def test_the_runtime_package_loads_without_tensorflow_or_keras():
+    """An app-side process (generate, verification children) pays for the runtimes only; the
+    Flex runner is left out: TensorFlow 2.16's interpreter is its runtime, in .venv-flex."""
+    code = ("import sys, pipeline.runtime.flex, pipeline.runtime.interpreter, "
+            "pipeline.runtime.litertlm, pipeline.metrics; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'keras_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -1,6 +1,8 @@
-"""Reading /proc/PID/smaps and choosing which of the runtime library's pages may be dropped."""
+"""Reading /proc/PID/smaps and smaps_rollup."""
 
-from pipeline.runtime.memory import mappings, parse_smaps, releasable_code
+import os
+
+from pipeline.bench.smaps import mappings, parse_smaps, peaks, rollup
 
 SMAPS = """\
 5581a000-5581b000 rw-p 00000000 00:00 0                                  [heap]
@@ -34,12 +36,24 @@ def test_parse_smaps_keeps_names_sizes_and_copy_on_write_pages():
     assert [m.anonymous_kb for m in maps] == [900, 0, 4, 0, 0, None]
 
 
-def test_only_the_runtime_librarys_unchanged_code_is_releasable():
-    """Not libc, not the read-only data, not a mapping holding a page this process changed."""
-    assert [m.start for m in releasable_code(parse_smaps(SMAPS))] == [0x7f0000000000]
-
-
 def test_mappings_reads_this_process():
     maps = mappings()
     assert any(m.file == "[heap]" or m.file == "" for m in maps)
     assert sum(m.rss_kb for m in maps) > 1024
+
+
+def test_rollup_splits_this_process_into_private_and_file_backed():
+    before = rollup(os.getpid())
+    buffer = bytearray(64 << 20)  # 64 MB of private memory, touched
+    after = rollup(os.getpid())
+    assert after["private_mb"] > before["private_mb"] + 60
+    assert abs(after["rss_mb"] - after["private_mb"] - after["file_backed_mb"]) < 0.01
+    assert after["file_backed_mb"] > 1  # this interpreter's own code, at least
+    assert 0 < after["pss_mb"] <= after["rss_mb"]
+    del buffer
+
+
+def test_peaks_takes_each_fields_own_maximum():
+    assert peaks([{}, {"private_mb": 5.0, "pss_mb": 9.0}, {"private_mb": 7.0, "pss_mb": 8.0}]) == {
+        "private_mb": 7.0, "pss_mb": 9.0}
+    assert rollup(-1) == {} and peaks([{}]) == {}

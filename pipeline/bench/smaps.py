@@ -1,20 +1,20 @@
-"""This process's resident memory: its mappings, and releasing what the LiteRT-LM runtime's
-library left resident once an engine has started (Linux; elsewhere nothing is read or released).
+"""A process's resident memory as an app pays it, from /proc (Linux; elsewhere nothing is read).
+
+`rollup(pid)`: private (anonymous) memory, which only that process holds and the kernel cannot
+drop; file-backed pages (the model file, packed weights, libraries), which the kernel can drop
+and map back and which processes share; PSS, each shared page divided among its holders.
+`mappings()` splits this process's resident memory by mapping (`bundle_passes.py`).
 
 Example:
-    >>> eng = litert_lm.Engine(...)
-    >>> release_start_up_code()   # about 50 MB fewer resident
+    >>> rollup(os.getpid())
+    {'rss_mb': 231.6, 'private_mb': 88.3, 'file_backed_mb': 143.3, 'pss_mb': 229.9}
 """
 
 from __future__ import annotations
 
-import ctypes
 import re
 from pathlib import Path
 from typing import NamedTuple
-
-MADV_DONTNEED = 4  # Linux
-
 
 class Mapping(NamedTuple):
     """One memory mapping, as /proc/self/smaps shows it (sizes in kB)."""
@@ -61,26 +61,22 @@ def is_runtime_library(file: str) -> bool:
     return Path(file).name.startswith("liblitert-lm.")
 
 
-def releasable_code(maps: list[Mapping]) -> list[Mapping]:
-    """The runtime library's executable mappings whose pages all come from the file: a page
-    this process changed (a debugger's breakpoint) would be lost by dropping it, so a
-    mapping holding one, or not saying, is left alone."""
-    return [m for m in maps if m.perms == "r-xp" and is_runtime_library(m.file)
-            and m.anonymous_kb == 0]
+def rollup(pid: int) -> dict:
+    """{"rss_mb", "private_mb", "file_backed_mb", "pss_mb"} of process `pid` now (from
+    /proc/PID/smaps_rollup), or {} once it has exited or where there is no such file."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    kb = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    if "Rss" not in kb:
+        return {}
+    return {"rss_mb": kb["Rss"] / 1024, "private_mb": kb.get("Anonymous", 0) / 1024,
+            "file_backed_mb": (kb["Rss"] - kb.get("Anonymous", 0)) / 1024,
+            "pss_mb": kb.get("Pss", 0) / 1024}
 
 
-def release_start_up_code() -> None:
-    """Drops the resident pages of the runtime library's executable mapping.
-
-    Loading LiteRT-LM's library (126 MB, 218,000 exported symbols) reads its symbol tables
-    and relocations, which this build keeps in the executable segment, and starting an
-    engine runs code that generating never runs again. madvise(MADV_DONTNEED) leaves the
-    mapping in place: the kernel maps a page back from the library file the next time it is
-    run. The pages stay in the page cache; what falls is this process's resident set.
-    """
-    code = releasable_code(mappings())
-    if code:  # only on Linux, where libc is this process's own symbols
-        libc = ctypes.CDLL(None)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        for m in code:
-            libc.madvise(m.start, m.end - m.start, MADV_DONTNEED)
+def peaks(samples: list[dict]) -> dict:
+    """The largest value of each field over `samples` of `rollup` (each field's own peak)."""
+    samples = [s for s in samples if s]
+    return {k: round(max(s[k] for s in samples), 1) for k in samples[0]} if samples else {}
