@@ -17,17 +17,16 @@ after the engine started.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from pipeline.bench.child import own_peak_rss_mb
+from pipeline.bench.smaps import is_runtime_library, mappings
 from pipeline.config import Sampling
 from pipeline.runtime.litertlm import engine, sampler_config
-from pipeline.bench.smaps import is_runtime_library, mappings, peaks, rollup
+
 
 def timed_pass(eng, prompt: str, new_tokens: int) -> dict:
     session = eng.create_session(apply_prompt_template=False,
@@ -63,26 +62,6 @@ def memory_by_mapping() -> dict:
     return {k: round(v / 1024, 1) for k, v in groups.items()}
 
 
-def polled(work, interval: float = 0.05) -> tuple[object, dict]:
-    """Runs `work()` while sampling this process's memory (`smaps.rollup`); returns its result
-    and each field's peak over the run."""
-    samples, done = [rollup(os.getpid())], threading.Event()
-
-    def poll():
-        while not done.wait(interval):
-            samples.append(rollup(os.getpid()))
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        result = work()
-    finally:
-        done.set()
-        poller.join()
-    samples.append(rollup(os.getpid()))
-    return result, peaks(samples)
-
-
 def run(work: Path, threads: int, new_tokens: int, context: int) -> dict:
     prompts = json.loads((work / "prompts.json").read_text())
     started = time.perf_counter()
@@ -92,8 +71,7 @@ def run(work: Path, threads: int, new_tokens: int, context: int) -> dict:
         at_start = memory_by_mapping()
         runs = {n: [timed_pass(eng, p, new_tokens) for _ in range(4)] for n, p in prompts.items()}
         longest = max(prompts, key=int)
-        full, at_full_context = polled(
-            lambda: timed_pass(eng, prompts[longest], context - int(longest) - 2))
+        full = timed_pass(eng, prompts[longest], context - int(longest) - 2)
         memory = memory_by_mapping()  # while the engine still holds it
     finally:
         eng.close()
@@ -101,7 +79,6 @@ def run(work: Path, threads: int, new_tokens: int, context: int) -> dict:
     return {"init_s": init_s, "first_token_s": init_s + first["ttft_s"],
             "passes": {n: best_of(r[1:]) for n, r in runs.items()},  # the first warms up
             "memory_at_start_mb": at_start, "memory_mb": memory,
-            "memory_full_context_mb": at_full_context,  # private, file-backed, PSS peaks
             "full_context": {"tokens": full["prefill_tokens"] + full["decode_tokens"],
                              "decode_tps": full["decode_tps"]},
             "peak_rss_mb": own_peak_rss_mb()}

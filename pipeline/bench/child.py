@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.bench.smaps import rollup
+from pipeline.bench.smaps import peaks, rollup
 from pipeline.config import PROJECT_ROOT
 
 
@@ -43,24 +43,30 @@ def run_measured(args: list[str], capture: bool = True, env: dict | None = None,
         return out.read(), child.returncode, peak
 
 
-def json_step(module: str, args: list[str], env: dict | None = None) -> dict:
+def json_step(module: str, args: list[str], env: dict | None = None,
+              memory: bool = False) -> dict:
     """Runs `python -m MODULE ARGS... OUT_FILE`; returns the JSON object the step wrote there
     plus its "peak_rss_mb" (polled, unless the step wrote its own), or {"failed": why} (a
     step killed for memory is reported, not raised, so that one row the machine cannot hold
-    does not end the benchmark)."""
+    does not end the benchmark). With `memory`, also "memory_peaks_mb": each field of
+    `smaps.rollup` (private, file-backed, PSS) at its peak over the step, polled."""
+    samples: list | None = [] if memory else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "step.json"
         _, status, peak = run_measured([sys.executable, "-m", module, *args, str(out)],
-                                       capture=False, env=env)
+                                       capture=False, env=env, memory=samples)
         if status == 0 and out.is_file():  # a step may report its own VmHWM at exit: polling
-            return {"peak_rss_mb": peak, **json.loads(out.read_text())}  # misses a last burst
+            result = {"peak_rss_mb": peak, **json.loads(out.read_text())}  # misses a last burst
+            if memory:
+                result["memory_peaks_mb"] = peaks(samples)
+            return result
     return {"failed": "killed (out of memory?)" if status == -9 else
             f"failed with exit status {status}"}
 
 
-def required_step(module: str, args: list[str]) -> dict:
+def required_step(module: str, args: list[str], memory: bool = False) -> dict:
     """`json_step` for a step the benchmark cannot go on without: a failure ends it."""
-    result = json_step(module, [str(a) for a in args])
+    result = json_step(module, [str(a) for a in args], memory=memory)
     if "failed" in result:
         raise SystemExit(f"benchmark step {module} {args[0]} {result['failed']}")
     return result

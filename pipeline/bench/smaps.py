@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+
 class Mapping(NamedTuple):
     """One memory mapping, as /proc/self/smaps shows it (sizes in kB)."""
     start: int
