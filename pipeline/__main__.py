@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -11,7 +12,7 @@ import yaml
 
 from pipeline.config import Sampler, Sampling, load_config
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.report import read_metrics, write_metrics
+from pipeline.report import read_metrics
 from pipeline.run_folder import RunFolder, writable_folder
 from pipeline.signals import die_with_parent, stop_on_sigterm
 
@@ -83,7 +84,6 @@ def cmd_finetune(args) -> None:
     cfg = load_config(args.config, parse_sets(args.set))
     with stage_folder(args, cfg, "finetune").lock() as folder:
         result = finetune(cfg, folder.root)
-        write_metrics(folder.root, "finetune", result.metrics)
     m = result.metrics
     print(f"validation perplexity {m['before']['val_perplexity']:.2f} -> "
           f"{m['after']['val_perplexity']:.2f}; preset: {result.preset_dir}")
@@ -95,23 +95,22 @@ def cmd_distill(args) -> None:
     cfg = load_config(args.config, parse_sets(args.set))
     with stage_folder(args, cfg, "distill").lock() as folder:
         result = distill(cfg, folder.root, teacher=args.teacher)
-        write_metrics(folder.root, "distill", result.metrics)
     ppl = result.metrics["val_perplexity"]
     print(f"perplexity teacher {ppl['teacher']:.2f}, student {ppl['student']:.2f}, baseline "
           f"{ppl['baseline']:.2f}; preset: {result.preset_dir}")
 
 
 def cmd_export(args) -> None:
-    from pipeline.export.stage import export_preset
+    from pipeline.export.stage import export_stage
 
     cfg = load_config(args.config, parse_sets(args.set))
+    if args.preset:  # the named preset instead of the run's models, as export.preset does
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, preset=args.preset))
     with stage_folder(args, cfg, "export").lock() as folder:
-        results = export_preset(cfg, folder.root, preset=args.preset)
-        write_metrics(folder.root, "export",
-                      {"teacher": {k: r.metrics for k, r in results.items()}})
-    for target, result in results.items():
-        path = getattr(result, "model_path", None) or result.bundle_path
-        print(f"{target}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        metrics = export_stage(cfg, folder.root)
+    for role, targets in metrics.items():
+        for target, m in targets.items():
+            print(f"{role} {target}: {m['file']} ({m['size_bytes'] / 1e6:.1f} MB)")
 
 
 def cmd_generate(args) -> None:

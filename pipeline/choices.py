@@ -64,3 +64,9 @@ class Sampling:
 
 def choices(enum_type) -> str:
     return ", ".join(m.value for m in enum_type)
+
+
+class ExportTarget(str, enum.Enum):
+    """What `export.targets` may name (export/stage.py's EXPORTERS builds each)."""
+    TEXT = "text"  # one-shot .tflite: prompt in, text out
+    LITERTLM = "litertlm"  # streaming prefill/decode bundle

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.choices import (Distribution, Precision, Quantization, Sampler,  # noqa: F401
-                              Sampling, choices)
+from pipeline.choices import (Distribution, ExportTarget, Precision,  # noqa: F401
+                              Quantization, Sampler, Sampling, choices)
 from pipeline.errors import ConfigError
 from pipeline.overrides import apply_overrides, read_yaml
 
@@ -224,8 +224,8 @@ def validate(cfg: RunConfig) -> None:
         (ex.top_k >= 1, f"export.top_k: {ex.top_k} must be >= 1"),
         (0.0 < ex.top_p <= 1.0, f"export.top_p: {ex.top_p} must be in (0, 1]"),
         (ex.temperature > 0, f"export.temperature: {ex.temperature} must be > 0"),
-        (set(ex.targets) <= {"text", "litertlm"},
-         f"export.targets: {list(ex.targets)} may hold only text and litertlm"),
+        (set(ex.targets) <= {t.value for t in ExportTarget},
+         f"export.targets: {list(ex.targets)} may hold only {choices(ExportTarget)}"),
         (ex.context >= 0, f"export.context: {ex.context} must be >= 0 (0 = position limit)"),
         (bool(ex.prefill_lengths) and min(ex.prefill_lengths) >= 1,
          f"export.prefill_lengths: {list(ex.prefill_lengths)} must be one or more lengths >= 1"),

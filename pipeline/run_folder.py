@@ -26,12 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import PROJECT_ROOT, ExportTarget
 from pipeline.errors import PipelineError
 from pipeline.fsutil import LockHeld, UnsafeLockFile, file_lock
-
-EXPORT_TARGETS = ("text", "litertlm")
-
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -78,7 +75,7 @@ class RunFolder:
     # export
     def export(self, target: str, student: bool = False) -> Path:
         """The folder of one exported model: export/text, export/student_litertlm, ..."""
-        if target not in EXPORT_TARGETS:
+        if target not in {t.value for t in ExportTarget}:
             raise ValueError(f"unknown export target {target!r}")
         return self.root / "export" / (("student_" if student else "") + target)
 

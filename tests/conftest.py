@@ -55,10 +55,9 @@ def int8_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
     """The tiny preset exported as an int8 .litertlm bundle (verified), in a run folder."""
     from pipeline.config import load_config
     from pipeline.export.litertlm import export_litertlm
-    from pipeline.train.presets import load_causal_lm
-
+    
     cfg = load_config(None, {"export": {"prefill_lengths": [16, 32], "quantization": "int8"},
                              "finetune": {"sequence_length": 64}})
     out = tmp_path_factory.mktemp("run_int8") / "export" / "litertlm"
-    return export_litertlm(cfg, load_causal_lm(str(tiny_preset)), out, kitchen_paragraphs[:40],
+    return export_litertlm(cfg, str(tiny_preset), out, kitchen_paragraphs[:40],
                            verbose=False)

@@ -1,6 +1,7 @@
 """`python -m pipeline run`: the notebooks under papermill, the run folder, failures, the lock."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +50,26 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     bundle = exports["litertlm"]
     assert bundle["verification"]["tokenizer_identical"] == "13/13"
     assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
-    assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["bundle_bytes"]
-    assert Path(bundle["bundle"]) == run / "export" / "litertlm" / "gpt2_int8.litertlm"
+    assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["size_bytes"]
+    assert Path(bundle["file"]) == run / "export" / "litertlm" / "gpt2_int8.litertlm"
     assert ".partial" not in (run / "metrics.json").read_text()  # paths name the final folder
+
+    # `pipeline export` on the same distilled run writes the folders notebook 03 wrote.
+    again = tmp_path / "again"
+    for stage in ("finetune", "distill"):
+        shutil.copytree(run / stage, again / stage)
+    done = json.loads((run / "metrics.json").read_text())
+    (again / "metrics.json").write_text(json.dumps({k: done[k] for k in ("finetune", "distill")}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "export", str(config), "--run-dir",
+                           str(again), "--set", "export.verify=false"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = sorted(p.name for p in (run / "export").iterdir())
+    assert folders == ["litertlm", "student_litertlm", "student_text", "text"]
+    assert sorted(p.name for p in (again / "export").iterdir()) == folders
+    cli = json.loads((again / "metrics.json").read_text())["export"]
+    assert set(cli) == {"teacher", "student"} and set(cli["student"]) == {"text", "litertlm"}
+    assert cli["student"]["text"]["parameters"] == student["text"]["parameters"]
 
 
 def test_run_with_bad_data_leaves_no_run_folder(tmp_path):

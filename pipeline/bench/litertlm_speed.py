@@ -20,6 +20,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +29,8 @@ import tensorflow as tf
 
 from pipeline.bench import gpt2_base, yardsticks
 from pipeline.bench.child import required_step
-from pipeline.export.litertlm import (build_bundle, metadata_textproto, streaming_tflite,
-                                      write_tokenizer_files)
+from pipeline.export.litertlm import (build_bundle, metadata_textproto, save_streaming_model,
+                                      streaming_tflite, write_tokenizer_files)
 from pipeline.report import write_benchmark
 
 SELF = "pipeline.bench.litertlm_speed"  # its `__main__` runs the _export and _keras steps
@@ -46,7 +47,11 @@ def prompt_with_tokens(tokenizer, n: int) -> str:
 def child_export(out_dir: str, preset: str, mode: str, context: int, lengths=(32, 128)) -> None:
     """Writes model.litertlm (and its parts) and prompts.json: a prompt per prefill length."""
     tokenizer, weights = gpt2_base.tokenizer_and_weights(preset or None)
-    model, _ = streaming_tflite(weights, context, lengths, mode)
+    parameters = weights.count()
+    with tempfile.TemporaryDirectory() as saved:
+        save_streaming_model(weights, context, lengths, saved)
+        del weights
+        model, _ = streaming_tflite(saved, parameters, mode)
     out = Path(out_dir)
     (out / "model.tflite").write_bytes(model)
     tj = write_tokenizer_files(tokenizer, out)

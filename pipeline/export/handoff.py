@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ai_edge_litert.tools import flatbuffer_utils as fu
@@ -22,6 +23,24 @@ MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
 PACKAGES = ["tensorflow", "keras", "keras-hub", "ai-edge-litert", "ai-edge-quantizer",
             "litert-lm-api", "litert-lm-builder"]
+
+
+@dataclass
+class ExportResult:
+    """What every export target returns: the file an app loads, the target's metrics, and
+    the facts of the model it came from (`model_facts`), for the manifest and the card."""
+    path: Path
+    metrics: dict
+    model: dict
+
+
+def model_facts(causal_lm) -> dict:
+    """The shape and tokenizer of a keras-hub GPT-2, taken while the model is loaded."""
+    backbone = causal_lm.backbone
+    return {"layers": backbone.num_layers, "hidden_dim": backbone.hidden_dim,
+            "heads": backbone.num_heads, "max_sequence_length": backbone.max_sequence_length,
+            "parameters": backbone.count_params(),
+            "tokenizer": tokenizer_facts(causal_lm.preprocessor.tokenizer)}
 
 
 def sha256(path: Path) -> str:
@@ -72,25 +91,22 @@ def versions() -> dict:
     return out
 
 
-def tokenizer_facts(causal_lm) -> dict:
-    tok = causal_lm.preprocessor.tokenizer
+def tokenizer_facts(tok) -> dict:
     return {"kind": "byte-level BPE (GPT-2), BPE over the whole text; special tokens apart",
             "vocabulary_size": int(tok.vocabulary_size()),
             "start_id": int(tok.start_token_id), "end_id": int(tok.end_token_id),
             "pad_id": int(tok.pad_token_id), "end_token": "<|endoftext|>"}
 
 
-def write_handoff(folder, target: str, role: str, causal_lm, metrics: dict,
+def write_handoff(folder, target: str, role: str, result: ExportResult,
                   training: dict) -> dict:
     """Writes MODEL_CARD.md and manifest.json into an export folder; returns the manifest."""
     folder = Path(folder)
-    backbone = causal_lm.backbone
+    metrics, shape = result.metrics, dict(result.model)
+    tokenizer = shape.pop("tokenizer")
     model = {"architecture": "GPT-2 (keras-hub GPT2Backbone)", "role": role,
-             "source_preset": metrics.get("preset"), "parameters": metrics.get("parameters"),
-             "layers": backbone.num_layers, "hidden_dim": backbone.hidden_dim,
-             "heads": backbone.num_heads,
-             "max_sequence_length": backbone.max_sequence_length}
-    facts = {"target": target, "model": model, "tokenizer": tokenizer_facts(causal_lm),
+             "source_preset": metrics.get("preset"), **shape}
+    facts = {"target": target, "model": model, "tokenizer": tokenizer,
              "context": metrics.get("context") or metrics.get("max_length"),
              "quantization": metrics.get("quantization"),
              "verification": metrics.get("verification"), "training": training,

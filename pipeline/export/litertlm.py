@@ -20,7 +20,6 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import litert_lm_builder as lb
@@ -31,40 +30,38 @@ from pipeline.errors import ConfigError
 from pipeline.export.convert_child import convert_in_child
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.half_cache import half_cache, kv_cache_dtype
+from pipeline.export.handoff import ExportResult, model_facts
 from pipeline.export.op_versions import (BUNDLE_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
+from pipeline.export.shared_subgraphs import share_subgraphs
 from pipeline.export.snippets import bundle_snippets
 from pipeline.export.streaming_graph import StreamingModel
-from pipeline.export.tflite import (check_size, quantize, read_model,
-                                    share_subgraphs, tie_embedding)
+from pipeline.export.tflite import check_size, quantize, read_model, tie_embedding
 from pipeline.export.verify import (bundle_prompts, bundle_summary, enforce_bundle,
                                     greedy_parity, logits_parity, tokenizer_parity)
 from pipeline.fsutil import atomic_dir, write_json, write_text
+from pipeline.heap import release_freed_memory
 from pipeline.runtime.interpreter import StreamingInterpreter, interpreter_perplexity
 from pipeline.runtime.litertlm import engine
-from pipeline.train.data import tokenize
+from pipeline.train.data import tokenize, validation_examples
 from pipeline.train.loop import perplexity
+from pipeline.train.presets import load_causal_lm
 
 
-@dataclass
-class BundleResult:
-    bundle_path: Path
-    metrics: dict
-
-
-def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
-                    source: str = "", verbose: bool = True) -> BundleResult:
-    """Exports `causal_lm` as a verified `.litertlm` bundle in `out_dir`."""
+def export_litertlm(cfg: RunConfig, source: str, out_dir, val_text: list[str] | None = None,
+                    verbose: bool = True) -> ExportResult:
+    """Exports the GPT-2 of preset `source` as a verified `.litertlm` bundle in `out_dir`;
+    perplexity is compared on `val_text` (default: the first 32 validation examples)."""
     ex = cfg.export
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
-    context, lengths = plan_shapes(cfg, causal_lm.backbone.max_sequence_length)
-    tokenizer = causal_lm.preprocessor.tokenizer
-    parameters = causal_lm.backbone.count_params()
-    log(f"Converting the streaming model ({parameters:,} parameters, context {context}, "
-        f"prefill {lengths}, {ex.quantization}) ...")
-    model_bytes, stored = streaming_tflite(weights_from_backbone(causal_lm.backbone), context,
-                                           lengths, ex.quantization)
+    with tempfile.TemporaryDirectory() as saved:
+        tokenizer, model, context, lengths = _save_streaming(cfg, source, saved)
+        release_freed_memory()  # the Keras model and the graph are gone while converting
+        parameters = model["parameters"]
+        log(f"Converting the streaming model ({parameters:,} parameters, context {context}, "
+            f"prefill {lengths}, {ex.quantization}) ...")
+        model_bytes, stored = streaming_tflite(saved, parameters, ex.quantization)
     runtime = runtime_facts(model_bytes, "litertlm")
     require_runtime(runtime, BUNDLE_RUNTIME, f"the {ex.quantization} bundle's .tflite")
     export_seconds = time.time() - started
@@ -84,7 +81,9 @@ def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
         build_bundle(model_path, tokenizer_json, metadata, bundle)
         if ex.verify:
             log("Verifying: tokenizer, decode logits, LiteRT-LM greedy text, perplexity ...")
-            verification = _verify(cfg, causal_lm, bundle, model_path, tokenizer_json,
+            if val_text is None:
+                val_text = validation_examples(cfg.data, 32)
+            verification = _verify(cfg, source, bundle, model_path, tokenizer_json,
                                    val_text, context, lengths)
             write_json(out / "verification.json", verification)
             enforce_bundle(verification, ex.quantization)
@@ -96,19 +95,31 @@ def export_litertlm(cfg: RunConfig, causal_lm, out_dir, val_text: list[str],
                 f"{verification['perplexity']['keras_fp32']:.2f}")
     bundle = final_dir / f"{stem}.litertlm"
     metrics = {
-        "preset": source, "bundle": str(bundle), "quantization": ex.quantization,
-        "bundle_bytes": bundle.stat().st_size, "tflite_bytes": len(model_bytes),
+        "preset": source, "file": str(bundle), "quantization": ex.quantization,
+        "size_bytes": bundle.stat().st_size, "tflite_bytes": len(model_bytes),
         "weight_bytes": stored, "parameters": parameters, "context": context,
         "prefill_lengths": lengths, "export_seconds": round(export_seconds, 1),
         "verification": bundle_summary(verification), "minimum_runtime": runtime,
     }
     log(f"Wrote {bundle} ({bundle.stat().st_size / 1e6:.1f} MB)")
-    return BundleResult(bundle_path=bundle, metrics=metrics)
+    return ExportResult(path=bundle, metrics=metrics, model=model)
 
 
-def _verify(cfg: RunConfig, causal_lm, bundle, model_path, tokenizer_json, val_text, context,
+def _save_streaming(cfg: RunConfig, source: str, folder):
+    """Saves preset `source`'s streaming model in `folder`; returns (tokenizer, model facts,
+    context, prefill lengths). The Keras model and the graph live only in this call, so
+    neither is held while the converter runs (GPT-2 medium: 1.4 GB each)."""
+    causal_lm = load_causal_lm(source)
+    context, lengths = plan_shapes(cfg, causal_lm.backbone.max_sequence_length)
+    save_streaming_model(weights_from_backbone(causal_lm.backbone), context, lengths, folder)
+    return causal_lm.preprocessor.tokenizer, model_facts(causal_lm), context, lengths
+
+
+def _verify(cfg: RunConfig, source: str, bundle, model_path, tokenizer_json, val_text, context,
             lengths) -> dict:
+    """Checks the bundle against the Keras model, loaded again from `source` for it."""
     ex = cfg.export
+    causal_lm = load_causal_lm(source)
     tokenizer = causal_lm.preprocessor.tokenizer
     eng = engine(bundle, ex.threads, max_tokens=context)
     try:
@@ -152,19 +163,19 @@ def plan_shapes(cfg: RunConfig, max_positions: int) -> tuple[int, list[int]]:
     return context, lengths
 
 
-def streaming_tflite(weights, context: int, lengths, quantization: str):
-    """Returns (flatbuffer, weight bytes) of the prefill/decode model, builtin ops only.
-
-    Quantized modes get a float16 KV cache (`half_cache.py`: half the cache memory, faster
-    decode over long texts); fp32 keeps a float32 cache, token-exact with Keras.
-    Each copy of the weights is dropped once the next exists (GPT-2 medium: 1.4 GB each)."""
-    parameters = weights.count()
+def save_streaming_model(weights, context: int, lengths, folder) -> None:
+    """Saves the prefill/decode module of `weights` as the SavedModel `streaming_tflite`
+    converts."""
     module = StreamingModel(GPT2Graph(weights), context, lengths)
-    del weights  # the caller passes its only reference: the graph holds the copy now
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
-        del module
-        float_model = convert_in_child(tmp, select_tf_ops=False)
+    tf.saved_model.save(module, str(folder), signatures=module.signatures())
+
+
+def streaming_tflite(saved_model_dir, parameters: int, quantization: str):
+    """Returns (flatbuffer, weight bytes) of a streaming SavedModel (`save_streaming_model`),
+    builtin ops only. Quantized modes get a float16 KV cache (`half_cache.py`: half the cache
+    memory, faster decode over long texts); fp32 keeps a float32 cache, token-exact with Keras.
+    Each copy of the model is dropped once the next exists."""
+    float_model = convert_in_child(saved_model_dir, select_tf_ops=False)
     rewritten = read_model(float_model)  # one parse of the ~500 MB model for every rewrite
     del float_model
     tie_embedding(rewritten)

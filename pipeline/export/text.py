@@ -19,7 +19,6 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
@@ -27,6 +26,7 @@ import tensorflow as tf
 from pipeline.config import ExportConfig, Quantization, RunConfig, Sampler, dump_yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
+from pipeline.export.handoff import ExportResult, model_facts
 from pipeline.export.snippets import text_model_snippets
 from pipeline.export.text_graph import TextModel
 from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
@@ -38,8 +38,10 @@ from pipeline.export.tflite import (check_size, lookup_tables, op_report,
                                     write_model)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
+from pipeline.heap import release_freed_memory
 from pipeline.runtime.flex import require_flex, run_in_flex
 from pipeline.train.evaluate import generate_texts
+from pipeline.train.presets import load_causal_lm
 
 
 # The thread count the snippets set: in TFLite 2.16 a second thread made the text model slower
@@ -47,38 +49,16 @@ from pipeline.train.evaluate import generate_texts
 APP_THREADS = 1
 
 
-@dataclass
-class TextModelResult:
-    model_path: Path
-    metrics: dict
-
-
-def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
-                      verbose: bool = True) -> TextModelResult:
-    """Exports `causal_lm` as a verified text .tflite in `out_dir`."""
+def export_text_model(cfg: RunConfig, source: str, out_dir, verbose: bool = True) -> ExportResult:
+    """Exports the GPT-2 of preset `source` as a verified text .tflite in `out_dir`."""
     ex = cfg.export
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
-    limit = causal_lm.backbone.max_sequence_length
-    if ex.max_length > limit:
-        raise ConfigError(f"export.max_length: {ex.max_length} is above the model's position "
-                          f"limit {limit}")
     if ex.verify:
         require_flex(ex)  # the set-up message comes before any work
-
-    tokenizer = causal_lm.preprocessor.tokenizer
-    weights = weights_from_backbone(causal_lm.backbone)
-    parameters = weights.count()
-    module = TextModel(tokenizer, GPT2Graph(weights), ex.sampling, ex.max_length)
-    del weights  # the graph holds its own copy; one fewer model in memory while converting
-    prompts = text_prompts(cfg, tokenizer)
-    if ex.sampler == Sampler.GREEDY:
-        reference = "keras"
-        expected = generate_texts(causal_lm, prompts, ex.max_length)
-    else:  # sampling: the reference is the same graph run by TensorFlow before conversion
-        reference = "tensorflow"
-        expected = [module.serve(tf.constant(p))["text"].numpy().decode("utf-8", "replace")
-                    for p in prompts]
+    module, prompts, expected, reference, model = _graph_and_expected(cfg, source)
+    release_freed_memory()  # the Keras model is gone: it is not held while converting
+    parameters = model["parameters"]
 
     log(f"Converting ({parameters:,} parameters, max_length {ex.max_length}, "
         f"{ex.sampler} sampling, {ex.quantization}) ...")
@@ -133,7 +113,31 @@ def export_text_model(cfg: RunConfig, causal_lm, out_dir, source: str = "",
         metrics["verification"]["first_differences"] = [
             r["first_difference"] for r in verification["rows"]]
     log(f"Wrote {model_path} ({len(model_bytes) / 1e6:.1f} MB)")
-    return TextModelResult(model_path=model_path, metrics=metrics)
+    return ExportResult(path=model_path, metrics=metrics, model=model)
+
+
+def _graph_and_expected(cfg: RunConfig, source: str):
+    """Loads the Keras model; returns (TextModel module, prompts, expected texts, reference,
+    model facts). The Keras model lives only in this call: at GPT-2 medium it is 1.4 GB that
+    the converter's peak would otherwise add to."""
+    ex = cfg.export
+    causal_lm = load_causal_lm(source)
+    limit = causal_lm.backbone.max_sequence_length
+    if ex.max_length > limit:
+        raise ConfigError(f"export.max_length: {ex.max_length} is above the model's position "
+                          f"limit {limit}")
+    tokenizer = causal_lm.preprocessor.tokenizer
+    module = TextModel(tokenizer, GPT2Graph(weights_from_backbone(causal_lm.backbone)),
+                       ex.sampling, ex.max_length)
+    prompts = text_prompts(cfg, tokenizer)
+    if ex.sampler == Sampler.GREEDY:
+        reference = "keras"
+        expected = generate_texts(causal_lm, prompts, ex.max_length)
+    else:  # sampling: the reference is the same graph run by TensorFlow before conversion
+        reference = "tensorflow"
+        expected = [module.serve(tf.constant(p))["text"].numpy().decode("utf-8", "replace")
+                    for p in prompts]
+    return module, prompts, expected, reference, model_facts(causal_lm)
 
 
 def save_text_model(module, folder) -> None:

@@ -44,7 +44,7 @@ def row(sweep: Sweep, point: Point) -> dict:
            "student_ppl": num("distill.val_perplexity.student"),
            "baseline_ppl": num("distill.val_perplexity.baseline"),
            "text_mb": num("export.teacher.text.size_bytes", 1e-6),
-           "litertlm_mb": num("export.teacher.litertlm.bundle_bytes", 1e-6),
+           "litertlm_mb": num("export.teacher.litertlm.size_bytes", 1e-6),
            "verification": "; ".join(checks), "seconds": round(seconds),
            "error": point.error}
     return out

@@ -13,7 +13,7 @@ corpus grows. The baseline is the same student architecture and initialisation t
 the same steps with alpha = 0 (labels only).
 
 Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a keras-hub preset,
-+ run_config.yaml), perplexity.png, generations.json.
++ run_config.yaml), perplexity.png, generations.json; its metrics go to metrics.json.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json
 from pipeline.heap import release_freed_memory
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
-from pipeline.report import plot_perplexities
+from pipeline.report import plot_perplexities, write_metrics
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import tqdm
 from pipeline.train.distribution import place
@@ -225,6 +225,7 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         "train_seconds": round(s["train_seconds"] + baseline_seconds, 1),
         "generations": s["generations"],
     }
+    write_metrics(run_dir, "distill", metrics)
     return DistillResult(preset_dir=s["preset_dir"], metrics=metrics)
 
 

@@ -8,6 +8,7 @@ Writes into `<run_dir>/finetune/` (paths: `RunFolder`):
   tensorboard/       TensorBoard logs
   loss_curve.png     training and validation loss
   generations.json   greedy and sampled generations for the fixed prompts, before and after
+and its metrics into `<run_dir>/metrics.json` under "finetune" (as each stage does).
 
 Example:
     >>> result = finetune(load_config("configs/default.yaml"), "runs/default")
@@ -28,7 +29,7 @@ from pipeline.config import Distribution, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json, write_text
 from pipeline.train.presets import load_causal_lm, load_tokenizer, save_preset
-from pipeline.report import plot_loss_curve
+from pipeline.report import plot_loss_curve, write_metrics
 from pipeline.run_folder import RunFolder
 from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
                                       restore_checkpoint)
@@ -104,6 +105,7 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
         "perplexity_reduction": 1.0 - after["val_perplexity"] / before["val_perplexity"],
         "generations": generations,
     }
+    write_metrics(run_dir, "finetune", metrics)
     return FinetuneResult(preset_dir=preset_dir, metrics=metrics)
 
 

@@ -10,7 +10,6 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.tflite import op_report
 from pipeline.export.verify import LOGIT_TOLERANCE, enforce_bundle
-from pipeline.train.presets import load_causal_lm
 
 
 def cfg(**export):
@@ -19,7 +18,7 @@ def cfg(**export):
 
 
 def export(tiny_preset, out, kitchen, **settings):
-    return export_litertlm(cfg(**settings), load_causal_lm(str(tiny_preset)), out, kitchen[:40],
+    return export_litertlm(cfg(**settings), str(tiny_preset), out, kitchen[:40],
                            verbose=False)
 
 
@@ -30,7 +29,7 @@ def fp32_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
 
 
 def verification(result):
-    return json.loads((result.bundle_path.parent / "verification.json").read_text())
+    return json.loads((result.path.parent / "verification.json").read_text())
 
 
 def test_fp32_greedy_text_equals_keras(fp32_bundle):
@@ -54,7 +53,7 @@ def test_bundle_tokenizer_ids_equal_keras_hub(fp32_bundle):
     assert any("\n\n" in s for s in texts)
     for row in t["rows"]:
         assert row["litertlm"] == row["keras"] == row["tokenizer_json"]
-    folder = fp32_bundle.bundle_path.parent
+    folder = fp32_bundle.path.parent
     assert {"tokenizer.json", "vocab.json", "merges.txt"} <= {p.name for p in folder.iterdir()}
 
 
@@ -89,7 +88,7 @@ def test_a_quantized_bundle_3_percent_off_is_rejected(int8_bundle):
 
 def cache_types(bundle) -> set:
     """(signature, "in"/"out", dtype) of every kv_cache_* input and output."""
-    interpreter = Interpreter(model_path=str(bundle.bundle_path.with_suffix(".tflite")))
+    interpreter = Interpreter(model_path=str(bundle.path.with_suffix(".tflite")))
     found = set()
     for name in interpreter.get_signature_list():
         runner = interpreter.get_signature_runner(name)
@@ -109,7 +108,7 @@ def test_quantized_bundles_keep_a_float16_cache(int8_bundle, fp32_bundle):
 
 
 def test_builtin_ops_only(int8_bundle):
-    ops = op_report((int8_bundle.bundle_path.with_suffix(".tflite")).read_bytes())
+    ops = op_report((int8_bundle.path.with_suffix(".tflite")).read_bytes())
     assert not ops["select_tf"] and not ops["custom"]
     assert "DYNAMIC_UPDATE_SLICE" in ops["builtin"] and "EMBEDDING_LOOKUP" in ops["builtin"]
 
@@ -117,7 +116,7 @@ def test_builtin_ops_only(int8_bundle):
 def test_bundle_runtime_is_computed_from_its_operators(int8_bundle, fp32_bundle):
     from pipeline.export.op_versions import BUNDLE_RUNTIME, metadata_runtime, needing_newer
 
-    path = int8_bundle.bundle_path.with_suffix(".tflite")
+    path = int8_bundle.path.with_suffix(".tflite")
     runtime = int8_bundle.metrics["minimum_runtime"]
     # per-row int8 tables (the lookup's version 4) and the float16 cache's in-place update:
     # both in LiteRT-LM's runtime
@@ -146,8 +145,8 @@ def test_a_truncated_bundle_is_refused_before_the_runtime_sees_it(fp32_bundle, t
     from pipeline.errors import PipelineError
     from pipeline.runtime.litertlm import check_bundle
 
-    whole = fp32_bundle.bundle_path.read_bytes()
-    assert check_bundle(fp32_bundle.bundle_path) == fp32_bundle.bundle_path  # a whole one is fine
+    whole = fp32_bundle.path.read_bytes()
+    assert check_bundle(fp32_bundle.path) == fp32_bundle.path  # a whole one is fine
     cut = tmp_path / "cut.litertlm"
     cut.write_bytes(whole[:len(whole) // 2])  # a copy that stopped half-way
     with pytest.raises(PipelineError, match=r"cut.litertlm is not a complete .litertlm bundle "

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from pipeline.export.graph import GPT2Graph, random_weights
 from pipeline.export.half_cache import half_cache
+from pipeline.export.shared_subgraphs import share_subgraphs
 from pipeline.export.streaming_graph import StreamingModel
-from pipeline.export.tflite import (convert_saved_model, read_model, share_subgraphs,
-                                    write_model)
+from pipeline.export.tflite import convert_saved_model, read_model, write_model
 from pipeline.runtime.interpreter import StreamingInterpreter
 
 CONTEXT = 300  # decode buckets 64, 128, 256, 300; prefill_32 buckets 256, 300

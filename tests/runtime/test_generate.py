@@ -15,10 +15,10 @@ def generate(bundle, *args):
 
 
 def test_generate_streams_text(int8_bundle):
-    proc = generate(int8_bundle.bundle_path, "Tomato soup.", "--max-new-tokens", "8")
+    proc = generate(int8_bundle.path, "Tomato soup.", "--max-new-tokens", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("Tomato soup.") and len(proc.stdout.rstrip("\n")) > len("Tomato soup.")
-    run_dir = int8_bundle.bundle_path.parent.parent.parent  # a run folder works too
+    run_dir = int8_bundle.path.parent.parent.parent  # a run folder works too
     proc = generate(run_dir, "Bread", "--sampler", "top_k", "--top-k", "5", "--seed", "1",
                     "--max-new-tokens", "4")
     assert proc.returncode == 0 and proc.stdout.startswith("Bread")
@@ -29,7 +29,7 @@ def test_generate_streams_text(int8_bundle):
     (["   "], "error: the prompt is empty"),
 ])
 def test_generate_bad_prompts(int8_bundle, args, message):
-    proc = generate(int8_bundle.bundle_path, *args)
+    proc = generate(int8_bundle.path, *args)
     assert proc.returncode == 2
     assert re.match(message, proc.stderr.strip().splitlines()[-1])
 
@@ -46,15 +46,15 @@ def test_the_packed_weight_cache_is_sealed_and_a_damaged_one_rebuilt(int8_bundle
     import pipeline.runtime.litertlm as litertlm
 
     monkeypatch.setenv("GPT2_PIPELINE_CACHE", str(tmp_path))
-    first = "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    first = "".join(litertlm.stream_generate(int8_bundle.path, "Tomato soup.", 8))
     (entry,) = (tmp_path / "litertlm").iterdir()
     cached = [p for p in entry.iterdir() if p.name != litertlm.CACHE_SEAL]
     assert cached and (entry / litertlm.CACHE_SEAL).is_file()  # the runtime wrote, we sealed
-    "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    "".join(litertlm.stream_generate(int8_bundle.path, "Tomato soup.", 8))
     assert "damaged" not in capsys.readouterr().out  # a sound cache is reused as it is
     biggest = max(cached, key=lambda p: p.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # a cut-off write
-    again = "".join(litertlm.stream_generate(int8_bundle.bundle_path, "Tomato soup.", 8))
+    again = "".join(litertlm.stream_generate(int8_bundle.path, "Tomato soup.", 8))
     assert f"LiteRT-LM cache {entry} is damaged ({biggest.name} has" in capsys.readouterr().out
     assert again == first and litertlm.sealed_problem(entry, litertlm.CACHE_SEAL) is None
 
