@@ -1,6 +1,8 @@
 """The settings that take one of a fixed set of values, and the sampler settings they form.
 
 Imported through `pipeline.config` (which re-exports them) by the config, the CLI and the stages.
+The config's fields hold these types, converted once when the config is loaded (`overrides`);
+each is a `StrEnum`, so it compares, formats and serializes as its value ("int8").
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 
-class Quantization(str, enum.Enum):
+class Quantization(enum.StrEnum):
     """How exported weights are stored (config `export.quantization`, CLI, export, README).
 
     none  float32 weights;
@@ -24,7 +26,7 @@ class Quantization(str, enum.Enum):
     INT4 = "int4"
 
 
-class Sampler(str, enum.Enum):
+class Sampler(enum.StrEnum):
     """How the next token is picked (config `export.sampler`, `generate --sampler`).
 
     greedy  the most likely token;
@@ -36,7 +38,7 @@ class Sampler(str, enum.Enum):
     TOP_P = "top_p"
 
 
-class Distribution(str, enum.Enum):
+class Distribution(enum.StrEnum):
     """Which tf.distribute strategy trains (`finetune.distribution`): train/distribution.py."""
     AUTO = "auto"
     NONE = "none"
@@ -45,7 +47,7 @@ class Distribution(str, enum.Enum):
     TPU = "tpu"
 
 
-class Precision(str, enum.Enum):
+class Precision(enum.StrEnum):
     """The trained models' dtype policy (`finetune.precision`): train/distribution.py."""
     FLOAT32 = "float32"
     MIXED_FLOAT16 = "mixed_float16"
@@ -66,7 +68,7 @@ def choices(enum_type) -> str:
     return ", ".join(m.value for m in enum_type)
 
 
-class ExportTarget(str, enum.Enum):
+class ExportTarget(enum.StrEnum):
     """What `export.targets` may name (export/stage.py's EXPORTERS builds each)."""
     TEXT = "text"  # one-shot .tflite: prompt in, text out
     LITERTLM = "litertlm"  # streaming prefill/decode bundle

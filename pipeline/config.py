@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 from dataclasses import dataclass, field
@@ -60,8 +61,10 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1  # share of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.01
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of that rank (merged when saved)
-    distribution: str = "auto"  # auto | none | mirrored | multi_worker | tpu (distill too)
-    precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, Ampere+)
+    # auto | none | mirrored | multi_worker | tpu (distill too)
+    distribution: Distribution = Distribution.AUTO
+    # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, Ampere+)
+    precision: Precision = Precision.FLOAT32
     jit_compile: bool = True  # XLA step on one device (distill too); holds a 2nd training state
     keep_checkpoints: bool = False  # false: optimizer checkpoints are deleted once the stage ends
     seed: int = 42
@@ -108,11 +111,11 @@ class DistillConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = True  # `python -m pipeline run` exports after fine-tuning
-    targets: tuple[str, ...] = ("text", "litertlm")  # text: one-shot .tflite; litertlm: streaming bundle
+    targets: tuple[ExportTarget, ...] = (ExportTarget.TEXT, ExportTarget.LITERTLM)  # text: one-shot .tflite; litertlm: streaming bundle
     preset: str = ""  # "" = the run's fine-tuned model; else any preset (see model.preset)
-    quantization: str = "int8"  # a Quantization: none (fp32) | fp16 | int8 | int4
+    quantization: Quantization = Quantization.INT8  # none (fp32) | fp16 | int8 | int4
     max_length: int = 64  # tokens of prompt + generation, fixed in the exported graph
-    sampler: str = "greedy"  # a Sampler: greedy | top_k | top_p
+    sampler: Sampler = Sampler.GREEDY  # greedy | top_k | top_p
     top_k: int = 40
     top_p: float = 0.9
     temperature: float = 1.0
@@ -123,10 +126,13 @@ class ExportConfig:
     context: int = 0  # litertlm: KV cache length; 0 = the model's position limit
     prefill_lengths: tuple[int, ...] = (32, 128)  # litertlm: one prefill_<T> signature each
     threads: int = 2  # litertlm: CPU threads for verification and `generate`
+    # litertlm: the bundle's perplexity reads at most this many of fine-tuning's validation
+    # tokens (evenly spaced windows; all of them with the default data), one decode step each
+    perplexity_tokens: int = 8192
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(Sampler(self.sampler), top_k=self.top_k, top_p=self.top_p,
+        return Sampling(self.sampler, top_k=self.top_k, top_p=self.top_p,
                         temperature=self.temperature, seed=self.seed)
 
 
@@ -198,10 +204,6 @@ def validate(cfg: RunConfig) -> None:
         (0.0 <= ft.warmup_fraction < 1.0,
          f"finetune.warmup_fraction: {ft.warmup_fraction} must be in [0, 1)"),
         (ft.lora_rank >= 0, f"finetune.lora_rank: {ft.lora_rank} must be >= 0 (0 = off)"),
-        (ft.distribution in {d.value for d in Distribution},
-         f"finetune.distribution: {ft.distribution!r} is not one of {choices(Distribution)}"),
-        (ft.precision in {p.value for p in Precision},
-         f"finetune.precision: {ft.precision!r} is not one of {choices(Precision)}"),
         (ev.max_length >= 2, f"eval.max_length: {ev.max_length} must be >= 2"),
         (ev.top_k >= 1, f"eval.top_k: {ev.top_k} must be >= 1"),
         (ev.temperature > 0, f"eval.temperature: {ev.temperature} must be > 0"),
@@ -216,20 +218,16 @@ def validate(cfg: RunConfig) -> None:
         (ds.batch_size >= 1, f"distill.batch_size: {ds.batch_size} must be >= 1"),
         _divides(ds.micro_batch_size, ds.batch_size, "distill"),
         (ds.learning_rate > 0, f"distill.learning_rate: {ds.learning_rate} must be > 0"),
-        (ex.quantization in {q.value for q in Quantization},
-         f"export.quantization: {ex.quantization!r} is not one of {choices(Quantization)}"),
-        (ex.sampler in {m.value for m in Sampler},
-         f"export.sampler: {ex.sampler!r} is not one of {choices(Sampler)}"),
         (ex.max_length >= 2, f"export.max_length: {ex.max_length} must be >= 2"),
         (ex.top_k >= 1, f"export.top_k: {ex.top_k} must be >= 1"),
         (0.0 < ex.top_p <= 1.0, f"export.top_p: {ex.top_p} must be in (0, 1]"),
         (ex.temperature > 0, f"export.temperature: {ex.temperature} must be > 0"),
-        (set(ex.targets) <= {t.value for t in ExportTarget},
-         f"export.targets: {list(ex.targets)} may hold only {choices(ExportTarget)}"),
         (ex.context >= 0, f"export.context: {ex.context} must be >= 0 (0 = position limit)"),
         (bool(ex.prefill_lengths) and min(ex.prefill_lengths) >= 1,
          f"export.prefill_lengths: {list(ex.prefill_lengths)} must be one or more lengths >= 1"),
         (ex.threads >= 1, f"export.threads: {ex.threads} must be >= 1"),
+        (ex.perplexity_tokens >= 1,
+         f"export.perplexity_tokens: {ex.perplexity_tokens} must be >= 1"),
     ]
     for section, values in (("data", data), ("finetune", ft), ("eval", ev), ("distill", ds),
                             ("export", ex)):
@@ -273,6 +271,8 @@ def to_dict(cfg) -> dict:
             return plain(dataclasses.asdict(v))
         if isinstance(v, tuple):
             return [plain(x) for x in v]
+        if isinstance(v, enum.Enum):
+            return v.value
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v

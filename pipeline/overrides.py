@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import typing
 from pathlib import Path
@@ -46,6 +47,11 @@ def _coerce(value, tp, where: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):  # converted here, once
+        names = ", ".join(m.value for m in tp)
+        if not isinstance(value, str) or value not in {m.value for m in tp}:
+            raise ConfigError(f"{where}: {value!r} is not one of {names}")
+        return tp(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

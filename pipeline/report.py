@@ -11,6 +11,7 @@ import nbformat
 matplotlib.use("Agg")  # files only: no display in batch runs
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from pipeline.errors import PipelineError
 from pipeline.fsutil import atomic_file, write_json, write_text
 
 
@@ -30,8 +31,19 @@ def write_benchmark(out_dir, name: str, result: dict, table: str) -> None:
 
 
 def read_metrics(run_dir) -> dict:
+    """The run folder's metrics.json ({} when there is none); one-line PipelineError when it
+    is damaged (e.g. empty after a power loss), naming the file and the way out."""
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} is damaged (not a JSON mapping): restore it, or start the "
+                            f"run afresh (pipeline run --fresh, or a new --run-dir)")
+    return data
 
 
 def notebook_metrics(notebook) -> dict:

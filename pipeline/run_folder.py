@@ -75,7 +75,7 @@ class RunFolder:
     # export
     def export(self, target: str, student: bool = False) -> Path:
         """The folder of one exported model: export/text, export/student_litertlm, ..."""
-        if target not in {t.value for t in ExportTarget}:
+        if target not in set(ExportTarget):
             raise ValueError(f"unknown export target {target!r}")
         return self.root / "export" / (("student_" if student else "") + target)
 
@@ -127,7 +127,8 @@ def writable_folder(path, setting: str) -> Path:
     probe = path / f".write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        # a new file of our own: O_EXCL refuses an existing name, a symlink included
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as e:
         reason = e.strerror or type(e).__name__

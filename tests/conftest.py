@@ -51,7 +51,7 @@ def kitchen_lines(kitchen_paragraphs):
 
 
 @pytest.fixture(scope="session")
-def int8_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
+def int8_bundle(tiny_preset, tmp_path_factory):
     """The tiny preset exported as an int8 .litertlm bundle (verified), in a run folder."""
     from pipeline.config import load_config
     from pipeline.export.litertlm import export_litertlm
@@ -59,5 +59,4 @@ def int8_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
     cfg = load_config(None, {"export": {"prefill_lengths": [16, 32], "quantization": "int8"},
                              "finetune": {"sequence_length": 64}})
     out = tmp_path_factory.mktemp("run_int8") / "export" / "litertlm"
-    return export_litertlm(cfg, str(tiny_preset), out, kitchen_paragraphs[:40],
-                           verbose=False)
+    return export_litertlm(cfg, str(tiny_preset), out, verbose=False)

@@ -13,7 +13,7 @@ from pipeline import config as config_lib
 from pipeline.errors import PipelineError
 from pipeline.fsutil import LockHeld, UnsafeLockFile, file_lock, remove_leftovers, write_text
 from pipeline.run import _prepare, fingerprints
-from pipeline.run_folder import RunFolder
+from pipeline.run_folder import RunFolder, writable_folder
 
 from conftest import ROOT
 
@@ -109,6 +109,39 @@ def test_a_symlinked_lock_is_refused(tmp_path):
         with RunFolder(tmp_path / "x").lock():
             pass
     assert target.read_text() == "keep me"
+
+
+def test_the_write_probe_never_follows_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / f".write-test-{os.getpid()}").symlink_to(target)
+    with pytest.raises(PipelineError, match=r"output_dir: cannot write to .*out \(File exists\)"):
+        writable_folder(tmp_path / "out", "output_dir")
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("damage", ["", "{\"finetune\": ", "[1, 2]"])
+def test_a_damaged_metrics_file_is_one_line(tmp_path, damage):
+    """metrics.json empty or cut short (a power loss): one line naming the file, exit 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(damage)
+    proc = cli("export", "configs/tiny.yaml", "--run-dir", str(run))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'metrics.json'} is damaged (not a JSON mapping): restore it, or start "
+        "the run afresh (pipeline run --fresh, or a new --run-dir)")
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]
+
+
+def test_a_damaged_checkpoint_pointer_is_one_line(tmp_path):
+    from pipeline.train.callbacks import restore_checkpoint
+
+    (tmp_path / "latest.json").write_text('{"epoch": 2, "weig')  # cut short
+    with pytest.raises(PipelineError, match=r"latest.json is damaged: delete .* to train this "
+                                            r"stage from its start"):
+        restore_checkpoint(None, tmp_path)
 
 
 def test_a_lock_removed_by_its_previous_holder_is_not_held_twice(tmp_path, monkeypatch):

@@ -116,3 +116,28 @@ def test_the_run_driver_holds_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_kernel_that_dies_is_a_one_line_stage_failure(tmp_path, monkeypatch):
+    """A notebook's kernel killed mid-stage (out of memory, say) ends the stage with one line
+    naming the stage and the executed notebook, not nbclient's traceback."""
+    from pipeline import run as run_mod
+    from pipeline.run_folder import RunFolder
+
+    cells = [nbformat.v4.new_code_cell("run_dir = ''\nconfig_file = ''\noverrides = {}",
+                                       metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "01_finetune.ipynb")
+    monkeypatch.setattr(run_mod, "NOTEBOOKS", tmp_path / "notebooks")
+    partial = RunFolder(tmp_path / "run")
+    partial.notebooks.mkdir(parents=True)
+    with pytest.raises(run_mod.StageFailed) as failed:
+        run_mod._run_stage("finetune", "01_finetune.ipynb", partial)
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith(
+        "stage finetune failed: the notebook's kernel stopped (DeadKernelError"), message
+    assert str(partial.notebooks / "01_finetune.ipynb") in message

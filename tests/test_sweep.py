@@ -41,6 +41,11 @@ def summary_rows(folder):
     ("grid:\n  finetune: [1]\n", "grid: finetune: names a whole section"),
     ("points: []\n", "points: expected a non-empty list"),
     ("grid:\n  finetune.epochs: [1]\nmetric: nope.x\n", "metric: 'nope.x' must be a path"),
+    ("config: 3\ngrid:\n  finetune.epochs: [1]\n", "config: expected the path of a config file"),
+    # a later point's value is checked before the first point runs
+    ("grid:\n  finetune.epochs: [1, [2, 3]]\n", "finetune.epochs: expected an integer, got"),
+    ("points:\n- {export.quantization: int8}\n- {export.quantization: int9}\n",
+     "export.quantization: 'int9' is not one of"),
 ])
 def test_sweep_file_errors_are_one_line_and_write_nothing(tmp_path, grid, message):
     sweep = tmp_path / "bad.yaml"

@@ -43,15 +43,13 @@ from pipeline.fsutil import atomic_dir, write_json, write_text
 from pipeline.heap import release_freed_memory
 from pipeline.runtime.interpreter import StreamingInterpreter, interpreter_perplexity
 from pipeline.runtime.litertlm import engine
-from pipeline.train.data import tokenize, validation_examples
 from pipeline.train.loop import perplexity
 from pipeline.train.presets import load_causal_lm
+from pipeline.train.token_cache import open_corpus
 
 
-def export_litertlm(cfg: RunConfig, source: str, out_dir, val_text: list[str] | None = None,
-                    verbose: bool = True) -> ExportResult:
-    """Exports the GPT-2 of preset `source` as a verified `.litertlm` bundle in `out_dir`;
-    perplexity is compared on `val_text` (default: the first 32 validation examples)."""
+def export_litertlm(cfg: RunConfig, source: str, out_dir, verbose: bool = True) -> ExportResult:
+    """Exports the GPT-2 of preset `source` as a verified `.litertlm` bundle in `out_dir`."""
     ex = cfg.export
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
@@ -81,10 +79,8 @@ def export_litertlm(cfg: RunConfig, source: str, out_dir, val_text: list[str] | 
         build_bundle(model_path, tokenizer_json, metadata, bundle)
         if ex.verify:
             log("Verifying: tokenizer, decode logits, LiteRT-LM greedy text, perplexity ...")
-            if val_text is None:
-                val_text = validation_examples(cfg.data, 32)
-            verification = _verify(cfg, source, bundle, model_path, tokenizer_json,
-                                   val_text, context, lengths)
+            verification = _verify(cfg, source, bundle, model_path, tokenizer_json, context,
+                                   lengths)
             write_json(out / "verification.json", verification)
             enforce_bundle(verification, ex.quantization)
             log(f"  tokenizer {verification['tokenizer']['identical']}/"
@@ -115,7 +111,7 @@ def _save_streaming(cfg: RunConfig, source: str, folder):
     return causal_lm.preprocessor.tokenizer, model_facts(causal_lm), context, lengths
 
 
-def _verify(cfg: RunConfig, source: str, bundle, model_path, tokenizer_json, val_text, context,
+def _verify(cfg: RunConfig, source: str, bundle, model_path, tokenizer_json, context,
             lengths) -> dict:
     """Checks the bundle against the Keras model, loaded again from `source` for it."""
     ex = cfg.export
@@ -130,15 +126,24 @@ def _verify(cfg: RunConfig, source: str, bundle, model_path, tokenizer_json, val
     verification["logits_max_abs_diff"] = logits_parity(causal_lm, model_path, prompts[0],
                                                         ex.threads)
     verification["greedy"] = greedy_parity(causal_lm, bundle, prompts, context, 24, ex.threads)
-    causal_lm.preprocessor.sequence_length = min(cfg.finetune.sequence_length, context)
-    val = tokenize(val_text[:32], causal_lm.preprocessor, cfg.data.packing)
-    keras_ppl = perplexity(causal_lm, val.x, val.y, val.w)["perplexity"]
+    val = validation_windows(cfg, tokenizer, context)
+    keras_ppl = perplexity(causal_lm, val.x, val.y, val.w, cfg.eval.batch_size)["perplexity"]
     tflite_ppl = interpreter_perplexity(StreamingInterpreter(model_path, ex.threads),
                                         val)["perplexity"]
     verification["perplexity"] = {"keras_fp32": keras_ppl, "tflite": tflite_ppl,
                                   "relative_difference": tflite_ppl / keras_ppl - 1.0,
-                                  "examples": len(val.y)}
+                                  "windows": len(val.y), "tokens": int(val.w.sum())}
     return verification
+
+
+def validation_windows(cfg: RunConfig, tokenizer, context: int):
+    """Fine-tuning's validation windows, from the token cache (finetune.sequence_length, at
+    most the context), at most export.perplexity_tokens of them, evenly spaced: with the
+    defaults, the very windows `finetune.after.val_perplexity` is computed on."""
+    length = min(cfg.finetune.sequence_length, context)
+    windows = open_corpus(cfg.data, tokenizer, verbose=False).windows("validation", length,
+                                                                      cfg.data.packing)
+    return windows.sample(min(cfg.data.validation_tokens, cfg.export.perplexity_tokens))
 
 
 def _is_prime_above_10(n: int) -> bool:

@@ -51,13 +51,13 @@ def export_preset(cfg: RunConfig, run_dir, preset: str | None = None, student: b
     own_model = student or not (preset or cfg.export.preset)  # trained in this run
     training = training_facts(cfg, folder, student) if own_model else {"base_preset": source}
     results = {}
-    for target in [t for t in ExportTarget if t.value in cfg.export.targets]:
-        final = folder.export(target.value, student)
+    for target in [t for t in ExportTarget if t in cfg.export.targets]:  # registry order
+        final = folder.export(target, student)
         with atomic_dir(final) as staging:  # the target's files, manifest and card, at once
             result = EXPORTERS[target](cfg, source, staging, verbose=verbose)
-            write_handoff(staging, target.value, "student" if student else "teacher", result,
+            write_handoff(staging, target, "student" if student else "teacher", result,
                           training)
-        results[target.value] = renamed_paths(result, staging, final)
+        results[str(target)] = renamed_paths(result, staging, final)
     return results
 
 

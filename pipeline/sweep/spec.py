@@ -155,6 +155,12 @@ def load_sweep(path) -> Sweep:
     name = spec.get("name") or path.stem
     config_lib.validate(config_lib.RunConfig(name=str(name)))  # a plain folder name
     keys = list(dict.fromkeys(k for v in values for k in v))
+    for v in values:  # every point's config is valid before the first point runs
+        try:
+            config_lib.load_config(None, merged(base, nested(v)))
+        except ConfigError as e:
+            detail = str(e).removeprefix("overrides: ")
+            raise ConfigError(f"{where} the point {point_name(v)}: {detail}") from None
     points = [Point(point_name(v), v) for v in values]
     seen: dict = {}
     for p in points:  # distinct folder names even if two points format alike

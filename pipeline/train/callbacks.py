@@ -13,12 +13,18 @@ from pathlib import Path
 
 import keras
 
+from pipeline.errors import PipelineError
 from pipeline.fsutil import atomic_file, write_json
 
-if os.environ.get("PIPELINE_BATCH"):  # papermill/CI: plain text, fewer updates
-    from tqdm.std import tqdm
-else:
-    from tqdm.auto import tqdm
+
+def progress_bar(*args, **kwargs):
+    """A progress bar: notebook widgets, except under `pipeline run` (PIPELINE_BATCH, set
+    around papermill: plain text), read when the bar is made, not at import."""
+    if os.environ.get("PIPELINE_BATCH"):
+        from tqdm.std import tqdm as bar
+    else:
+        from tqdm.auto import tqdm as bar
+    return bar(*args, **kwargs)
 
 
 class StepLossLogger(keras.callbacks.Callback):
@@ -106,12 +112,17 @@ def restore_checkpoint(causal_lm, checkpoint_dir):
     latest = Path(checkpoint_dir) / "latest.json"
     if not latest.is_file():
         return 0, {}
-    meta = json.loads(latest.read_text())
+    try:
+        meta = json.loads(latest.read_text())
+        epoch, weights = int(meta["epoch"]), Path(checkpoint_dir) / meta["weights"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise PipelineError(f"{latest} is damaged: delete {checkpoint_dir} to train this stage "
+                            f"from its start (or pipeline run --fresh)") from None
     optimizer = causal_lm.optimizer
     if optimizer is not None and not optimizer.built:
         optimizer.build(causal_lm.trainable_variables)
-    causal_lm.load_weights(str(Path(checkpoint_dir) / meta["weights"]))
-    return int(meta["epoch"]), meta.get("state", {})
+    causal_lm.load_weights(str(weights))
+    return epoch, meta.get("state", {})
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -123,8 +134,8 @@ class ProgressBar(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         done = int(self.model.optimizer.iterations.numpy())  # > 0 when resuming
-        self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit="step",
-                        mininterval=2.0)
+        self.bar = progress_bar(total=self.total, initial=done, desc=self.desc, unit="step",
+                                mininterval=2.0)
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(int(self.model.optimizer.iterations.numpy()) - self.bar.n)

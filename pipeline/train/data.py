@@ -211,21 +211,6 @@ def load_split(cfg: DataConfig) -> tuple[list[str], list[str]]:
     return split_examples(load_examples(cfg), cfg.validation_fraction, cfg.seed)
 
 
-def validation_examples(cfg: DataConfig, limit: int) -> list[str]:
-    """Returns the first `limit` validation examples of `load_split`, holding one file at a
-    time in RAM (two passes: count, then collect)."""
-    files = find_files(cfg.path)
-    held_out = validation_mask(check_data(cfg), cfg.validation_fraction, cfg.seed)
-    out, first = [], 0
-    for path in files:
-        examples = file_examples(path, cfg)
-        out += [e for e, v in zip(examples, held_out[first:first + len(examples)]) if v]
-        first += len(examples)
-        if len(out) >= limit:
-            break
-    return out[:limit]
-
-
 def tokenize(examples: list[str], preprocessor, packing: bool = False,
              chunk: int = 256) -> TokenizedSplit:
     """Returns the examples as rows of the preprocessor's sequence length.

@@ -36,7 +36,7 @@ from pipeline.heap import release_freed_memory
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities, write_metrics
 from pipeline.run_folder import RunFolder
-from pipeline.train.callbacks import tqdm
+from pipeline.train.callbacks import progress_bar
 from pipeline.train.distribution import place
 from pipeline.train.strategy_loop import sharded_by_data
 from pipeline.train.token_cache import open_corpus
@@ -144,7 +144,8 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     data = iter(strategy.experimental_distribute_dataset(sharded_by_data(
         training_batches(train, cfg.batch_size, cfg.seed, 0, epochs, passes))))
     losses = []
-    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, disable=not verbose)
+    bar = progress_bar(total=total, desc=desc, unit="step", mininterval=2.0,
+                       disable=not verbose)
     for _ in range(total):
         losses.append(sum(float(step(next(data))) for _ in range(passes)) / passes)
         bar.update(1)

@@ -41,14 +41,14 @@ TPU_DEVICE = "/dev/accel0"  # a TPU VM's first chip
 @dataclass(frozen=True)
 class Placement:
     strategy: tf.distribute.Strategy
-    kind: str  # the resolved Distribution value ("auto" never appears here)
+    kind: Distribution  # resolved: AUTO never appears here
     replicas: int
     per_replica_batch: int
 
     @property
     def name(self) -> str:  # TensorFlow's class behind MultiWorkerMirroredStrategy is
         return ("MultiWorkerMirroredStrategy"  # CollectiveAllReduceStrategy: say the API name
-                if self.kind == Distribution.MULTI_WORKER.value else type(self.strategy).__name__)
+                if self.kind == Distribution.MULTI_WORKER else type(self.strategy).__name__)
 
     def describe(self) -> dict:
         return {"strategy": self.name, "distribution": self.kind,
@@ -59,7 +59,7 @@ class Placement:
                 f"{self.replicas} replica(s), {self.per_replica_batch} examples per replica")
 
 
-def place(distribution: str, batch_size: int, setting: str = "finetune") -> Placement:
+def place(distribution: Distribution, batch_size: int, setting: str = "finetune") -> Placement:
     """Returns the strategy for `distribution`; one-line ConfigError when it cannot run here."""
     split_cpu()
     kind = resolve(distribution)
@@ -67,13 +67,13 @@ def place(distribution: str, batch_size: int, setting: str = "finetune") -> Plac
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise ConfigError(f"{setting}.batch_size: {batch_size} is not divisible by the "
-                          f"{replicas} replicas of {kind.value}; use a multiple of {replicas}")
-    return Placement(strategy, kind.value, replicas, batch_size // replicas)
+                          f"{replicas} replicas of {kind}; use a multiple of {replicas}")
+    return Placement(strategy, kind, replicas, batch_size // replicas)
 
 
-def resolve(distribution: str) -> Distribution:
+def resolve(distribution: Distribution) -> Distribution:
     """Returns the strategy kind `distribution` means on this machine (resolves auto)."""
-    kind = Distribution(distribution)
+    kind = Distribution(distribution)  # the config's is one already; a benchmark's is a str
     if kind != Distribution.AUTO:
         return kind
     if tpu_attached():
@@ -135,12 +135,12 @@ def _check_tf_config() -> None:
                           "and 'task' set on every worker (README: several hosts)")
 
 
-def policy(precision: str) -> str:
+def policy(precision: Precision) -> str:
     """Returns the dtype policy name for the models being trained (float32 on CPU only)."""
     precision = Precision(precision)
     if precision != Precision.FLOAT32 and not (tf.config.list_physical_devices("GPU")
                                                or tpu_attached()):
-        warnings.warn(f"finetune.precision is {precision.value} but no GPU or TPU is visible: "
+        warnings.warn(f"finetune.precision is {precision} but no GPU or TPU is visible: "
                       f"training in float32")
-        return Precision.FLOAT32.value
-    return precision.value
+        return str(Precision.FLOAT32)
+    return str(precision)

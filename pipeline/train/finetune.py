@@ -129,7 +129,7 @@ def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bo
     checkpoint = EpochCheckpoint(checkpoints, state=logger.state)
     if done_epochs >= epochs or int(causal_lm.optimizer.iterations.numpy()) >= total:
         return logger.state()
-    if placement.kind == Distribution.MULTI_WORKER.value:  # Keras fit fails under it
+    if placement.kind == Distribution.MULTI_WORKER:  # Keras fit fails under it
         fit_under_strategy(causal_lm, train, val, placement.strategy, batch_size=ft.batch_size,
                            accumulation=passes, seed=ft.seed, eval_batch_size=ev.batch_size,
                            first_epoch=done_epochs,

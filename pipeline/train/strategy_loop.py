@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline.train.callbacks import EpochCheckpoint, StepLossLogger, tqdm
+from pipeline.train.callbacks import EpochCheckpoint, StepLossLogger, progress_bar
 from pipeline.train.loop import perplexity, training_batches
 
 
@@ -59,8 +59,8 @@ def fit_under_strategy(causal_lm, train, val, strategy, *, batch_size: int, accu
     batches = iter(strategy.experimental_distribute_dataset(sharded_by_data(
         training_batches(train, batch_size, seed, first_epoch, epochs, accumulation))))
     done = int(optimizer.iterations.numpy())
-    bar = tqdm(total=total, initial=done, desc="fine-tuning", unit="step", mininterval=2.0,
-               disable=not verbose)
+    bar = progress_bar(total=total, initial=done, desc="fine-tuning", unit="step",
+                       mininterval=2.0, disable=not verbose)
     for epoch in range(first_epoch, epochs):
         for _ in range(steps_per_epoch):
             if done >= total:

@@ -46,7 +46,7 @@ from pipeline.errors import PipelineError
 from pipeline.fsutil import (LockHeld, atomic_dir, file_lock, remove_leftovers, seal_folder,
                              sealed_problem)
 from pipeline.run_folder import cache_dir
-from pipeline.train.callbacks import tqdm
+from pipeline.train.callbacks import progress_bar
 from pipeline.train.data import (TokenizedSplit, file_examples, find_files, no_examples,
                                  validation_mask)
 
@@ -141,8 +141,9 @@ def open_corpus(cfg: DataConfig, tokenizer, verbose: bool = True, root=None) -> 
     contents = [_file_digest(path) for path in files]
     shards = [root / f"file-{identity}-{c}" for c in contents]
     todo = [(path, shard) for path, shard in zip(files, shards) if not _verified(shard)]
-    bar = tqdm(total=sum(p.stat().st_size for p, _ in todo), desc="tokenizing", unit="B",
-               unit_scale=True, mininterval=2.0, disable=not verbose or not todo)
+    bar = progress_bar(total=sum(p.stat().st_size for p, _ in todo), desc="tokenizing",
+                       unit="B", unit_scale=True, mininterval=2.0,
+                       disable=not verbose or not todo)
     for path, shard in todo:
         with _entry_lock(shard):
             if not _verified(shard, notice=True):  # another process may have filled it

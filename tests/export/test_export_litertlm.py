@@ -10,6 +10,9 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.export.litertlm import export_litertlm
 from pipeline.export.tflite import op_report
 from pipeline.export.verify import LOGIT_TOLERANCE, enforce_bundle
+from pipeline.train.loop import perplexity
+from pipeline.train.presets import load_causal_lm, load_tokenizer
+from pipeline.train.token_cache import open_corpus
 
 
 def cfg(**export):
@@ -17,15 +20,15 @@ def cfg(**export):
                               "finetune": {"sequence_length": 64}})
 
 
-def export(tiny_preset, out, kitchen, **settings):
-    return export_litertlm(cfg(**settings), str(tiny_preset), out, kitchen[:40],
-                           verbose=False)
+def export(tiny_preset, out, **settings):
+    return export_litertlm(cfg(**settings), str(tiny_preset), out, verbose=False)
 
 
 @pytest.fixture(scope="module")
-def fp32_bundle(tiny_preset, tmp_path_factory, kitchen_paragraphs):
+def fp32_bundle(tiny_preset, tmp_path_factory):
     out = tmp_path_factory.mktemp("litertlm_fp32") / "litertlm"
-    return export(tiny_preset, out, kitchen_paragraphs, quantization="none")
+    # every validation window (the tiny tokenizer makes 9,241 tokens of them): fine-tuning's
+    return export(tiny_preset, out, quantization="none", perplexity_tokens=131072)
 
 
 def verification(result):
@@ -39,6 +42,25 @@ def test_fp32_greedy_text_equals_keras(fp32_bundle):
     assert max(tokens) >= 96 - 8  # at the context limit (96 positions)
     assert any(32 < n < 80 for n in tokens)  # longer than the largest prefill: several chunks
     assert all(r["pieces"] >= 1 for r in g["rows"])
+
+
+# float32 round-off summed over every validation token (the logits agree to LOGIT_TOLERANCE):
+# far below the 3% the quantized files are allowed.
+PERPLEXITY_TOLERANCE = 1e-4
+
+
+def test_fp32_perplexity_equals_keras_on_fine_tunings_windows(fp32_bundle, tiny_preset):
+    p = verification(fp32_bundle)["perplexity"]
+    assert abs(p["relative_difference"]) <= PERPLEXITY_TOLERANCE, p
+    # The windows are fine-tuning's own validation sample (token cache, sequence_length 64):
+    # Keras's perplexity over it, as fine-tuning computes it, is the reference the bundle met.
+    c = cfg(quantization="none", perplexity_tokens=131072)
+    tokenizer = load_tokenizer(str(tiny_preset))
+    val = open_corpus(c.data, tokenizer, verbose=False).windows(
+        "validation", c.finetune.sequence_length, c.data.packing).sample(c.data.validation_tokens)
+    assert p["windows"] == len(val.y) >= 10 and p["tokens"] == int(val.w.sum())
+    keras = perplexity(load_causal_lm(str(tiny_preset)), val.x, val.y, val.w)["perplexity"]
+    assert p["keras_fp32"] == pytest.approx(keras, rel=1e-6)
 
 
 def test_fp32_decode_logits_match_keras(fp32_bundle):
@@ -59,7 +81,7 @@ def test_bundle_tokenizer_ids_equal_keras_hub(fp32_bundle):
 
 def test_int8_perplexity_within_3_percent(int8_bundle, fp32_bundle):
     p = verification(int8_bundle)["perplexity"]
-    assert abs(p["relative_difference"]) <= 0.03 and p["examples"] >= 10
+    assert abs(p["relative_difference"]) <= 0.03 and p["windows"] >= 10
     m = int8_bundle.metrics
     assert m["weight_bytes"] < fp32_bundle.metrics["weight_bytes"] / 3
     assert m["weight_bytes"] <= m["parameters"] * 1.12 + 6000  # tied embedding stored once
@@ -67,9 +89,9 @@ def test_int8_perplexity_within_3_percent(int8_bundle, fp32_bundle):
 
 def test_int4_perplexity_within_3_percent(tiny_preset, tmp_path, kitchen_paragraphs,
                                          int8_bundle):
-    int4 = export(tiny_preset, tmp_path / "litertlm", kitchen_paragraphs, quantization="int4")
+    int4 = export(tiny_preset, tmp_path / "litertlm", quantization="int4")
     p = verification(int4)["perplexity"]
-    assert abs(p["relative_difference"]) <= 0.03 and p["examples"] >= 10
+    assert abs(p["relative_difference"]) <= 0.03 and p["windows"] >= 10
     assert int4.metrics["weight_bytes"] < int8_bundle.metrics["weight_bytes"]
     assert {t for *_, t in cache_types(int4)} == {"float16"}
 
@@ -127,12 +149,12 @@ def test_bundle_runtime_is_computed_from_its_operators(int8_bundle, fp32_bundle)
     assert "EMBEDDING_LOOKUP v1" in fp32_bundle.metrics["minimum_runtime"]["operators"]
 
 
-def test_prefill_longer_than_context(tiny_preset, tmp_path, kitchen_lines):
+def test_prefill_longer_than_context(tiny_preset, tmp_path):
     with pytest.raises(ConfigError, match="export.prefill_lengths: 128 is longer than the "
                                           "context 96"):
-        export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[16, 128])
+        export(tiny_preset, tmp_path / "litertlm", prefill_lengths=[16, 128])
     with pytest.raises(ConfigError, match="prime above 10"):
-        export(tiny_preset, tmp_path / "litertlm", kitchen_lines, prefill_lengths=[17])
+        export(tiny_preset, tmp_path / "litertlm", prefill_lengths=[17])
     assert not (tmp_path / "litertlm").exists()
 
 

@@ -34,6 +34,16 @@ def test_generate_bad_prompts(int8_bundle, args, message):
     assert re.match(message, proc.stderr.strip().splitlines()[-1])
 
 
+def test_a_bundle_copied_without_its_tokenizer(int8_bundle, tmp_path):
+    bare = tmp_path / "gpt2_int8.litertlm"  # the bundle alone: no tokenizer.json beside it
+    bare.write_bytes(int8_bundle.path.read_bytes())
+    proc = generate(bare, "Tomato soup.", "--max-new-tokens", "4")
+    assert proc.returncode == 0 and proc.stdout.startswith("Tomato soup."), proc.stderr[-2000:]
+    proc = generate(bare, "x " * 200)  # too long: the runtime itself refuses it, in one line
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: the runtime refused the prompt")
+
+
 def test_generate_unknown_bundle(tmp_path):
     proc = generate(tmp_path / "nope.litertlm", "hi")
     assert proc.returncode == 2
