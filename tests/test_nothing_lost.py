@@ -136,7 +136,7 @@ def test_a_damaged_metrics_file_is_one_line(tmp_path, damage):
 
 
 def test_a_damaged_checkpoint_pointer_is_one_line(tmp_path):
-    from pipeline.train.callbacks import restore_checkpoint
+    from pipeline.train.checkpoints import restore_checkpoint
 
     (tmp_path / "latest.json").write_text('{"epoch": 2, "weig')  # cut short
     with pytest.raises(PipelineError, match=r"latest.json is damaged: delete .* to train this "
@@ -182,7 +182,7 @@ def test_leftover_temporary_folders_of_dead_processes_are_removed(tmp_path):
 
 
 def test_checkpoints_are_pruned_by_epoch_number(tmp_path):
-    from pipeline.train.callbacks import checkpoints_by_epoch
+    from pipeline.train.checkpoints import checkpoints_by_epoch
 
     for epoch in (999, 1000, 2, 10):
         (tmp_path / f"epoch-{epoch:03d}.weights.h5").write_text("")

@@ -24,7 +24,8 @@ from pipeline.bench.child import json_step
 from pipeline.config import DataConfig
 from pipeline.fsutil import write_json
 from pipeline.train.embedded_base import python_text
-from pipeline.train.loop import compile_lm, make_optimizer, training_batches
+from pipeline.train.loop import (TrainingStep, attach_optimizer, make_optimizer, token_loss,
+                                 training_batches)
 from pipeline.train.presets import load_tokenizer
 from pipeline.train.token_cache import open_corpus
 
@@ -90,13 +91,13 @@ def run_step(step: str, spec: dict) -> dict:
         length = min(spec["length"], causal_lm.backbone.max_sequence_length)
         train = corpus.windows("train", length, packing=True)
         causal_lm.preprocessor = None
-        compile_lm(causal_lm, make_optimizer(1e-4, spec["steps"] + 1, 0.0, 0.0))
-        batches = iter(training_batches(train, spec["batch"], 0, 0, 1))
+        attach_optimizer(causal_lm, make_optimizer(1e-4, spec["steps"] + 1, 0.0, 0.0))
+        step = TrainingStep(token_loss(causal_lm), causal_lm.trainable_variables,
+                            causal_lm.optimizer, training_batches(train, spec["batch"], 0, 0, 1))
         times = []
         for _ in range(spec["steps"] + 1):  # the first step traces and compiles
-            x, y, w = next(batches)
             started = time.perf_counter()
-            causal_lm.train_on_batch(x, y, sample_weight=w)
+            step()  # reads its batch from disk, as fine-tuning does
             times.append(time.perf_counter() - started)
         out.update(seconds_per_step=min(times[1:]), windows=len(train))
     return out  # its peak RSS is measured from outside (`child.json_step`)

@@ -31,7 +31,8 @@ from pipeline.fsutil import write_json
 from pipeline.report import write_benchmark
 from pipeline.train.data import load_split, tokenize
 from pipeline.train.distribution import CPU_DEVICES, place, split_cpu
-from pipeline.train.loop import compile_lm, make_optimizer, training_batches
+from pipeline.train.loop import (TrainingStep, attach_optimizer, make_optimizer, token_loss,
+                                 training_batches)
 from pipeline.train.presets import load_causal_lm
 
 
@@ -62,15 +63,14 @@ def measure(preset, split, batch: int, steps: int, distribution: str) -> dict:
     placement = place(distribution, batch, "bench")
     with placement.strategy.scope():
         causal_lm = gpt2_base.causal_lm(preset)
-        causal_lm.preprocessor = None
-        compile_lm(causal_lm, make_optimizer(1e-4, steps + 1, 0.0, 0.0), placement.replicas)
+        attach_optimizer(causal_lm, make_optimizer(1e-4, steps + 1, 0.0, 0.0))
     epochs = 1 + (steps + 1) * batch // max(1, len(split))
-    batches = list(training_batches(split, batch, 0, 0, epochs).take(steps + 1))
-    times, useful = [], []
-    for x, y, w in batches:
-        times.append(_timed(lambda: causal_lm.train_on_batch(x, y, sample_weight=w)))
-        useful.append(float(w.numpy().sum()))
-    length = int(batches[0][1].shape[1])
+    data = training_batches(split, batch, 0, 0, epochs).take(steps + 1)
+    step = TrainingStep(token_loss(causal_lm), causal_lm.trainable_variables,
+                        causal_lm.optimizer, data, placement.strategy)  # what fine-tuning runs
+    useful = [float(w.numpy().sum()) for _, _, w in data]
+    times = [_timed(step) for _ in useful]
+    length = int(next(iter(data))[1].shape[1])
     rates = [u / t for u, t in zip(useful[1:], times[1:])]
     return {"distribution": placement.kind, "replicas": placement.replicas, "batch": batch,
             "sequence_length": length, "steps": steps, "first_step_seconds": times[0],

@@ -1,1 +1,1 @@
-"""Training stages: data, the training loop and its callbacks, evaluation, finetune, distill."""
+"""Training stages: data, the one training loop, checkpoints, evaluation, finetune, distill."""

@@ -36,12 +36,12 @@ from pipeline.heap import release_freed_memory
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities, write_metrics
 from pipeline.run_folder import RunFolder
-from pipeline.train.callbacks import progress_bar
+from pipeline.train.checkpoints import progress_bar
 from pipeline.train.distribution import place
-from pipeline.train.strategy_loop import sharded_by_data
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import decode_tokens_per_second, evaluate
-from pipeline.train.loop import make_optimizer, perplexity, plan_steps, training_batches
+from pipeline.train.loop import (TrainingStep, make_optimizer, perplexity, plan_steps,
+                                 training_batches)
 
 
 @dataclass
@@ -110,10 +110,9 @@ def build_student(teacher_backbone, cfg: DistillConfig):
 
 def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: float, desc: str,
                   verbose: bool, strategy=None, jit_compile: bool = True) -> list[float]:
-    """Trains `student_lm` in place (under `strategy`, default one device); returns the loss
-    per step. `jit_compile`: XLA on one device (`loop.compile_lm` says what it costs)."""
+    """Trains `student_lm` in place (under `strategy`, default one device) with the one
+    training loop (`loop.TrainingStep`) on `distillation_loss`; returns the loss per step."""
     strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.seed)
     steps_per_epoch, epochs, total = plan_steps(len(train), cfg.batch_size, cfg.epochs,
                                                 cfg.max_steps)
@@ -121,39 +120,30 @@ def train_student(student_lm, teacher_lm, train, cfg: DistillConfig, alpha: floa
     with strategy.scope():
         optimizer = make_optimizer(cfg.learning_rate, total, cfg.warmup_fraction,
                                    cfg.weight_decay, passes)
-        variables = student_lm.trainable_variables
-        optimizer.build(variables)
+        if student_lm.dtype_policy.name == "mixed_float16":  # as attach_optimizer does
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(student_lm.trainable_variables)
 
-    # XLA fuses the elementwise ops (as in `compile_lm`); with several replicas the optimizer
-    # all-reduces gradients across them, which an XLA-compiled step cannot, so jit is off.
-    @tf.function(jit_compile=jit_compile and replicas == 1)
-    def replica_step(x, y, w):
+    def loss_fn(x, y, w):
         teacher_logits = teacher_lm(x, training=False) if alpha > 0 else None
-        with tf.GradientTape() as tape:
-            logits = student_lm(x, training=True)
-            loss = distillation_loss(teacher_logits, logits, y, w, cfg.temperature, alpha)
-            loss = loss / replicas  # each replica's share of the global-batch mean
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+        return distillation_loss(teacher_logits, student_lm(x, training=True), y, w,
+                                 cfg.temperature, alpha)
 
-    @tf.function
-    def step(batch):
-        per_replica = strategy.run(replica_step, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    data = iter(strategy.experimental_distribute_dataset(sharded_by_data(
-        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs, passes))))
+    step = TrainingStep(loss_fn, student_lm.trainable_variables, optimizer,
+                        training_batches(train, cfg.batch_size, cfg.seed, 0, epochs, passes),
+                        strategy, passes, jit_compile)
     losses = []
     bar = progress_bar(total=total, desc=desc, unit="step", mininterval=2.0,
                        disable=not verbose)
     for _ in range(total):
-        losses.append(sum(float(step(next(data))) for _ in range(passes)) / passes)
+        losses.append(step())
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()
-    # The traced steps and the optimizer sit in reference cycles: free the optimizer's state
+    # The traced step and the optimizer sit in reference cycles: free the optimizer's state
     # now, not after the baseline has built its own (GPT-2 medium's student: 3.2 GB each).
-    del step, replica_step, optimizer, variables, data
+    step.close()
+    del step, optimizer
     release_freed_memory()
     return losses
 

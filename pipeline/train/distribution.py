@@ -8,7 +8,7 @@ Strategies are TensorFlow's own; Keras's `fit` runs under them unchanged, but mu
   mirrored      MirroredStrategy over the visible GPUs, or over the logical CPU devices when
                 there is no GPU (how the tests run it on one machine);
   multi_worker  MultiWorkerMirroredStrategy over the workers TF_CONFIG names (each worker
-                runs the same command; fine-tuning then uses `strategy_loop`, not `fit`);
+                runs the same command);
   tpu           TPUStrategy; an error when no TPU is attached.
 `batch_size` is the global batch: each of the N replicas gets batch_size / N examples.
 
@@ -112,8 +112,8 @@ def _strategy(kind: Distribution) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if kind == Distribution.MULTI_WORKER:
         _check_tf_config()
-        # Keras 3's fit fails under this strategy (tensorflow/tensorflow#72388): fine-tuning
-        # runs `strategy_loop.fit_under_strategy` instead; distillation's loop is its own.
+        # Keras 3's fit fails under this strategy (tensorflow/tensorflow#72388); the one
+        # training loop (`loop.TrainingStep`) runs under every strategy, this one included.
         return tf.distribute.MultiWorkerMirroredStrategy()
     if not tpu_attached():
         raise ConfigError("finetune.distribution: tpu, but no TPU is attached (Colab: Runtime > "

@@ -31,9 +31,10 @@ from tokenizers.models import BPE
 
 from pipeline.fsutil import atomic_dir, file_lock, remove_leftovers, seal_folder, sealed_problem
 from pipeline.run_folder import cache_dir
-from pipeline.train.callbacks import ProgressBar, StepLossLogger
+from pipeline.train.checkpoints import progress_bar
 from pipeline.train.data import TokenizedSplit
-from pipeline.train.loop import compile_lm, make_optimizer, perplexity, training_batches
+from pipeline.train.loop import (TrainingStep, attach_optimizer, make_optimizer, perplexity,
+                                 token_loss, training_batches)
 
 END_TOKEN = "<|endoftext|>"
 BUILD_VERSION = 3  # bump when the build code changes what it produces
@@ -173,16 +174,19 @@ def build_base(folder: Path, texts: list[str], spec: BaseSpec, verbose: bool = T
         x = {"token_ids": w[:, :-1], "padding_mask": np.ones_like(w[:, :-1], dtype="int32")}
         return TokenizedSplit(x, w[:, 1:], np.ones_like(w[:, 1:], dtype="float32"), {})
 
-    compile_lm(causal_lm, make_optimizer(spec.learning_rate, spec.steps, 0.05, 0.01))
+    attach_optimizer(causal_lm, make_optimizer(spec.learning_rate, spec.steps, 0.05, 0.01))
     train = arrays(train)
-    logger = StepLossLogger()
-    bar = ProgressBar(spec.steps, "  pre-training") if verbose else None
-    causal_lm.fit(
-        training_batches(train, spec.batch_size, spec.seed, 0,
-                         -(-spec.steps * spec.batch_size // len(train)) + 1),
-        steps_per_epoch=spec.steps, epochs=1, verbose=0, shuffle=False,
-        callbacks=[logger] + ([bar] if bar else []),
-    )
+    step = TrainingStep(token_loss(causal_lm), causal_lm.trainable_variables,
+                        causal_lm.optimizer,
+                        training_batches(train, spec.batch_size, spec.seed, 0,
+                                         -(-spec.steps * spec.batch_size // len(train)) + 1))
+    bar = progress_bar(total=spec.steps, desc="  pre-training", unit="step", mininterval=2.0,
+                       disable=not verbose)
+    for _ in range(spec.steps):
+        bar.set_postfix(loss=f"{step():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    step.close()
     held_out = arrays(held_out)
     ppl = perplexity(causal_lm, held_out.x, held_out.y, held_out.w)
     log(f"  held-out perplexity {ppl['perplexity']:.1f} after {spec.steps} steps "

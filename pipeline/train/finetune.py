@@ -23,23 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline.config import Distribution, RunConfig
+from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json, write_text
 from pipeline.train.presets import load_causal_lm, load_tokenizer, save_preset
 from pipeline.report import plot_loss_curve, write_metrics
 from pipeline.run_folder import RunFolder
-from pipeline.train.callbacks import (EpochCheckpoint, ProgressBar, StepLossLogger, StopAtStep,
-                                      restore_checkpoint)
+from pipeline.train.checkpoints import (EpochCheckpoint, LossHistory, progress_bar,
+                                        restore_checkpoint)
 from pipeline.train.data import describe
 from pipeline.train.distribution import Placement, place, policy
-from pipeline.train.strategy_loop import fit_under_strategy
 from pipeline.train.token_cache import open_corpus
 from pipeline.train.evaluate import evaluate
-from pipeline.train.loop import (compile_lm, evaluation_batches, make_optimizer, plan_steps,
-                                 preprocessor_detached, training_batches)
+from pipeline.train.loop import (TrainingStep, attach_optimizer, make_optimizer, perplexity,
+                                 plan_steps, token_loss, training_batches)
 
 
 @dataclass
@@ -111,48 +111,56 @@ def finetune(cfg: RunConfig, run_dir, verbose: bool = True) -> FinetuneResult:
 
 def _train(causal_lm, train, val, cfg: RunConfig, folder: RunFolder, verbose: bool,
            placement: Placement) -> dict:
-    """Trains `causal_lm` in place, resuming from a checkpoint; returns the loss history."""
+    """Trains `causal_lm` in place, resuming from a checkpoint; returns the loss history.
+
+    The one training loop (`loop.TrainingStep`) on every placement: one device, mirrored,
+    multi-worker (where Keras 3's `fit` fails: tensorflow/tensorflow#72388) or TPU. After each
+    epoch: validation loss, TensorBoard scalars and a checkpoint."""
     ft, ev = cfg.finetune, cfg.eval
-    if ft.lora_rank:
-        causal_lm.backbone.enable_lora(ft.lora_rank)
     steps_per_epoch, epochs, total = plan_steps(len(train), ft.batch_size, ft.epochs,
                                                 ft.max_steps)
     passes = config_lib.accumulation_steps(ft.micro_batch_size, ft.batch_size)
-    compile_lm(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
-                                         ft.weight_decay, passes), placement.replicas,
-               ft.jit_compile)
     checkpoints = _checkpoint_dir(folder.checkpoints, cfg)
-    done_epochs, history = restore_checkpoint(causal_lm, checkpoints)
-    if done_epochs and verbose:
-        print(f"Resuming from the checkpoint after epoch {done_epochs} in {checkpoints}")
-    logger = StepLossLogger(history)
-    checkpoint = EpochCheckpoint(checkpoints, state=logger.state)
-    if done_epochs >= epochs or int(causal_lm.optimizer.iterations.numpy()) >= total:
-        return logger.state()
-    if placement.kind == Distribution.MULTI_WORKER:  # Keras fit fails under it
-        fit_under_strategy(causal_lm, train, val, placement.strategy, batch_size=ft.batch_size,
-                           accumulation=passes, seed=ft.seed, eval_batch_size=ev.batch_size,
-                           first_epoch=done_epochs,
-                           epochs=epochs, steps_per_epoch=steps_per_epoch, total=total,
-                           checkpoint=checkpoint, logger=logger, verbose=verbose)
-        return logger.state()
-    callbacks = [
-        logger,
-        StopAtStep(total),
-        checkpoint,
-        keras.callbacks.TensorBoard(str(folder.finetune / "tensorboard"), update_freq="epoch"),
-    ]
-    if verbose:
-        callbacks.append(ProgressBar(total, "fine-tuning"))
-    with preprocessor_detached(causal_lm):
-        causal_lm.fit(
-            training_batches(train, ft.batch_size, ft.seed, done_epochs, epochs, passes),
-            validation_data=evaluation_batches(val, ev.batch_size),
-            validation_steps=-(-len(val.y) // ev.batch_size),
-            steps_per_epoch=steps_per_epoch * passes, epochs=epochs, initial_epoch=done_epochs,
-            callbacks=callbacks, verbose=0, shuffle=False,
-        )
-    return logger.state()
+    with placement.strategy.scope():  # adapters and optimizer state on every replica
+        if ft.lora_rank:
+            causal_lm.backbone.enable_lora(ft.lora_rank)
+        attach_optimizer(causal_lm, make_optimizer(ft.learning_rate, total, ft.warmup_fraction,
+                                                   ft.weight_decay, passes))
+        first_epoch, state = restore_checkpoint(causal_lm, checkpoints)
+    if first_epoch and verbose:
+        print(f"Resuming from the checkpoint after epoch {first_epoch} in {checkpoints}")
+    history = LossHistory(state)
+    checkpoint = EpochCheckpoint(checkpoints, state=history.state)
+    optimizer = causal_lm.optimizer
+    done = int(optimizer.iterations.numpy())
+    if first_epoch >= epochs or done >= total:
+        return history.state()
+    step = TrainingStep(token_loss(causal_lm), causal_lm.trainable_variables, optimizer,
+                        training_batches(train, ft.batch_size, ft.seed, first_epoch, epochs,
+                                         passes),
+                        placement.strategy, passes, ft.jit_compile)
+    board = tf.summary.create_file_writer(str(folder.finetune / "tensorboard"))
+    bar = progress_bar(total=total, initial=done, desc="fine-tuning", unit="step",
+                       mininterval=2.0, disable=not verbose)
+    for epoch in range(first_epoch, epochs):
+        for _ in range(steps_per_epoch):
+            if done >= total:
+                break
+            loss = step()
+            done = int(optimizer.iterations.numpy())
+            history.step(done, loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        history.epoch(done, perplexity(causal_lm, val.x, val.y, val.w, ev.batch_size)["loss"])
+        with board.as_default():
+            tf.summary.scalar("loss", history.losses[-1], step=done)
+            tf.summary.scalar("val_loss", history.val_losses[-1], step=done)
+        checkpoint.save(causal_lm, epoch)
+        if done >= total:
+            break
+    bar.close()
+    step.close()
+    return history.state()
 
 
 def _check_lengths(cfg: RunConfig, limit: int) -> None:

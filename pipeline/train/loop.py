@@ -1,4 +1,8 @@
-"""Training plumbing shared by pre-training, fine-tuning and distillation.
+"""The one training loop's parts, shared by pre-training, fine-tuning and distillation.
+
+`TrainingStep` is the one training-step mechanism: every model this project trains (the
+embedded base, fine-tuning on one device, mirrored, multi-worker or TPU, the distilled student
+and its baseline) takes its optimizer steps through it; only the loss differs.
 
 The data order is a pure function of (seed, epoch): a run resumed at epoch k sees exactly the
 batches the uninterrupted run saw from epoch k on.
@@ -6,7 +10,6 @@ batches the uninterrupted run saw from epoch k on.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import keras
@@ -64,30 +67,78 @@ class PerOptimizerStep(keras.optimizers.schedules.LearningRateSchedule):
                    config["accumulation"])
 
 
-def compile_lm(causal_lm, optimizer, replicas: int = 1, jit_compile: bool = True) -> None:
-    # XLA on one device: Keras's "auto" leaves it off on CPU-only machines, where it makes the
-    # training step about 1.8x faster by fusing the many small elementwise ops. With several
-    # replicas (tf.distribute) the compiled step fails to all-reduce gradients: off there.
-    # `jit_compile=False` (finetune.jit_compile) for large models: the compiled step writes
-    # new weights and optimizer slots beside the old ones before assigning them, a second
-    # copy of the training state (GPT-2 medium: 15.8 GB peak with micro-batches of 4).
-    causal_lm.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[],
-        jit_compile=jit_compile and replicas == 1,
-    )
+def attach_optimizer(causal_lm, optimizer) -> None:
+    """Makes `optimizer` the model's (so its checkpoints hold the optimizer state), wrapped in
+    a LossScaleOptimizer under mixed_float16, as Keras's `compile` does."""
+    causal_lm.compile(optimizer=optimizer, loss=None)
 
 
-@contextlib.contextmanager
-def preprocessor_detached(causal_lm):
-    """Detaches the preprocessor while `fit` runs on already tokenized arrays."""
-    preprocessor = causal_lm.preprocessor
-    causal_lm.preprocessor = None
-    try:
-        yield causal_lm
-    finally:
-        causal_lm.preprocessor = preprocessor
+def token_loss(causal_lm):
+    """Fine-tuning's and pre-training's loss, as Keras's `fit` reduces it: token cross-entropy
+    times the target weights, summed over the batch's B x T positions, divided by B x T."""
+    def loss_fn(x, y, w):
+        logits = tf.cast(causal_lm(x, training=True), "float32")
+        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return tf.reduce_sum(ce * w) / tf.cast(tf.size(y), "float32")
+    return loss_fn
+
+
+def sharded_by_data(dataset):
+    """Each worker reads the whole pipeline and keeps its share of every global batch (the
+    batches come from memory or memory-mapped files, not from files tf.data can split)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+class TrainingStep:
+    """One optimizer step per call, over the next `passes` micro-batches of `dataset`
+    (`training_batches`), under `strategy` (default: one device); returns its loss.
+
+    Each micro-batch is `strategy.run` on every replica: `loss_fn(x, y, w)` is the replica's
+    mean loss; its share of the global mean (/ replicas), scaled for mixed_float16
+    (`optimizer.scale_loss`), is differentiated, and the optimizer all-reduces the gradients
+    across replicas and hosts and accumulates the passes into one update (`make_optimizer`).
+
+    `jit_compile`: XLA on one device, where it makes the step about 1.8x faster on CPU by
+    fusing the many small elementwise ops. With several replicas an XLA-compiled step cannot
+    all-reduce gradients: off there. Off for large models too (`finetune.jit_compile`): the
+    compiled step writes new weights and optimizer slots beside the old ones before assigning
+    them, a second copy of the training state (GPT-2 medium: 15.8 GB peak).
+    """
+
+    def __init__(self, loss_fn, variables, optimizer, dataset, strategy=None, passes: int = 1,
+                 jit_compile: bool = True):
+        strategy = strategy or tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        with strategy.scope():  # its slots beside each variable, before any step is traced
+            if not optimizer.built:
+                optimizer.build(variables)
+
+        @tf.function(jit_compile=jit_compile and replicas == 1)
+        def replica_step(x, y, w):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(x, y, w) / replicas
+                scaled = optimizer.scale_loss(loss)
+            optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+            return loss
+
+        @tf.function
+        def step(batch):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                   strategy.run(replica_step, args=batch), axis=None)
+
+        self._step, self.passes = step, passes
+        self._batches = iter(strategy.experimental_distribute_dataset(sharded_by_data(dataset)))
+
+    def __call__(self) -> float:
+        return sum(float(self._step(next(self._batches))) for _ in range(self.passes)) / \
+            self.passes
+
+    def close(self) -> None:
+        """Drops the traced step and the data iterator (they sit in reference cycles with
+        the optimizer), so their memory can go back before the next model trains."""
+        self._step = self._batches = None
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -134,17 +185,10 @@ def training_batches(source, batch_size: int, seed: int, first_epoch: int, epoch
     return batches.map(batch).prefetch(2)
 
 
-def evaluation_batches(split, batch_size: int):
-    """Returns the rows of a `TokenizedSplit` in order, batched, repeating (Keras re-reads
-    them each epoch)."""
-    return (tf.data.Dataset.from_tensor_slices((split.x, split.y, split.w)).batch(batch_size)
-            .repeat().prefetch(2))
-
-
 def plan_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int):
     """Returns (steps_per_epoch, epochs, total_steps) honouring `max_steps` (0 = none).
 
-    With `max_steps`, training stops inside the last epoch (see `StopAtStep`).
+    With `max_steps`, training stops inside the last epoch.
     """
     steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
     total = steps_per_epoch * epochs

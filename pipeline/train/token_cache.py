@@ -46,7 +46,7 @@ from pipeline.errors import PipelineError
 from pipeline.fsutil import (LockHeld, atomic_dir, file_lock, remove_leftovers, seal_folder,
                              sealed_problem)
 from pipeline.run_folder import cache_dir
-from pipeline.train.callbacks import progress_bar
+from pipeline.train.checkpoints import progress_bar
 from pipeline.train.data import (TokenizedSplit, file_examples, find_files, no_examples,
                                  validation_mask)
 

@@ -145,3 +145,42 @@ def test_micro_batches_give_the_losses_of_the_whole_batch(tiny_preset, kitchen_l
     assert losses[0][-1] < losses[0][0]  # it trained
     for a, b in zip(weights[2], weights[0]):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_keras_distiller_ignores_padding_so_distill_keeps_its_own_loss():
+    """Why distillation does not use `keras.distillation.Distiller` (Keras 3.15), measured:
+    its loss ignores `sample_weight`, so padded positions count, where `distillation_loss`
+    masks them. (And it trains through `fit`, which fails under multi_worker.)"""
+    import keras
+
+    rng = np.random.default_rng(0)
+    teacher_logits = rng.normal(size=(2, 6, 5)).astype("float32")
+    student_logits = rng.normal(size=(2, 6, 5)).astype("float32")
+    labels = rng.integers(0, 5, size=(2, 6))
+    padded = np.ones((2, 6), "float32")
+    padded[1, 3:] = 0.0  # the second row's last three positions are padding
+
+    class Fixed(keras.Model):  # a model whose output is given logits
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+            self.bias = self.add_weight(shape=(), initializer="zeros")
+
+        def call(self, x, training=None):
+            return self.logits + self.bias
+
+    distiller = keras.distillation.Distiller(
+        teacher=Fixed(teacher_logits), student=Fixed(student_logits),
+        distillation_losses=keras.distillation.LogitsDistillation(temperature=2.0),
+        student_loss_weight=0.5)
+    distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = np.zeros((2, 6), "float32")
+
+    def keras_loss(weights):
+        return float(distiller.compute_loss(x, labels, distiller(x), sample_weight=weights))
+
+    assert keras_loss(padded) == pytest.approx(keras_loss(np.ones_like(padded)), rel=1e-6)
+    ours = loss(teacher_logits, student_logits, labels, padded, 2.0, 0.5)
+    assert ours != pytest.approx(loss(teacher_logits, student_logits, labels,
+                                      np.ones_like(padded), 2.0, 0.5), rel=1e-3)

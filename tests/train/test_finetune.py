@@ -56,25 +56,22 @@ def test_keep_checkpoints_keeps_them(kitchen_cfg, tmp_path):
 
 
 def test_resume_after_interruption(kitchen_cfg, tmp_path, monkeypatch):
-    real_logger = finetune_mod.StepLossLogger
+    real_checkpoint = finetune_mod.EpochCheckpoint
 
-    def interrupting_logger(history=None):
-        logger = real_logger(history)
+    class Interrupting(real_checkpoint):
+        def save(self, model, epoch):
+            super().save(model, epoch)
+            if epoch == 0:
+                raise KeyboardInterrupt  # as if the user pressed Ctrl-C as epoch 2 began
 
-        def stop(epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt  # as if the user pressed Ctrl-C in epoch 2
-        logger.on_epoch_begin = stop
-        return logger
-
-    monkeypatch.setattr(finetune_mod, "StepLossLogger", interrupting_logger)
+    monkeypatch.setattr(finetune_mod, "EpochCheckpoint", Interrupting)
     cfg = kitchen_cfg(epochs=3, keep_checkpoints=True)
     with pytest.raises(KeyboardInterrupt):
         finetune_mod.finetune(cfg, tmp_path / "run", verbose=False)
     ckpt = tmp_path / "run" / "finetune" / "checkpoints"
     assert json.loads((ckpt / "latest.json").read_text())["epoch"] == 1
     assert not list(ckpt.glob(".*tmp*"))  # no half-written checkpoint
-    monkeypatch.setattr(finetune_mod, "StepLossLogger", real_logger)
+    monkeypatch.setattr(finetune_mod, "EpochCheckpoint", real_checkpoint)
 
     seen = []
     real_restore = finetune_mod.restore_checkpoint
