@@ -50,6 +50,9 @@ def test_run_executes_notebooks_with_papermill(tiny_preset, tmp_path, kitchen_li
     bundle = exports["litertlm"]
     assert bundle["verification"]["tokenizer_identical"] == "13/13"
     assert abs(bundle["verification"]["perplexity"]["relative_difference"]) <= 0.03
+    # one perplexity: the bundle is checked on the windows fine-tuning's metric was computed on
+    assert bundle["verification"]["perplexity"]["keras_fp32"] == pytest.approx(
+        metrics["after"]["val_perplexity"], rel=1e-5)
     assert (run / "export" / "litertlm" / "gpt2_int8.litertlm").stat().st_size == bundle["size_bytes"]
     assert Path(bundle["file"]) == run / "export" / "litertlm" / "gpt2_int8.litertlm"
     assert ".partial" not in (run / "metrics.json").read_text()  # paths name the final folder

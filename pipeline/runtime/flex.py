@@ -30,7 +30,8 @@ def require_flex(export: ExportConfig) -> Path:
     if not python.exists():
         raise PipelineError(
             f"export.verify needs a Python whose TFLite interpreter has the Flex delegate "
-            f"(TF 2.16.1) at {python}: run `make flex-env` or set export.verify: false"
+            f"(TF 2.16.1) at {python}: run `make flex-env` (in a notebook: run its set-up "
+            f"cell, which builds it) or set export.verify: false"
         )
     return python
 
