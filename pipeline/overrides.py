@@ -48,10 +48,11 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):  # converted here, once
-        names = ", ".join(m.value for m in tp)
-        if not isinstance(value, str) or value not in {m.value for m in tp}:
-            raise ConfigError(f"{where}: {value!r} is not one of {names}")
-        return tp(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected one of {', '.join(m.value for m in tp)}, "
+                              f"got {value!r}")
+        # an unknown name stays a str for `config.validate`, whose message names the setting
+        return tp(value) if value in {m.value for m in tp} else value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
+from pipeline.export.build_child import build_in_child
 from pipeline.export.convert_child import convert_in_child
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.half_cache import half_cache, kv_cache_dtype
@@ -40,11 +41,10 @@ from pipeline.export.tflite import check_size, quantize, read_model, tie_embeddi
 from pipeline.export.verify import (bundle_prompts, bundle_summary, enforce_bundle,
                                     greedy_parity, logits_parity, tokenizer_parity)
 from pipeline.fsutil import atomic_dir, write_json, write_text
-from pipeline.heap import release_freed_memory
 from pipeline.runtime.interpreter import StreamingInterpreter, interpreter_perplexity
 from pipeline.runtime.litertlm import engine
 from pipeline.train.loop import perplexity
-from pipeline.train.presets import load_causal_lm
+from pipeline.train.presets import load_causal_lm, load_tokenizer
 from pipeline.train.token_cache import open_corpus
 
 
@@ -54,12 +54,14 @@ def export_litertlm(cfg: RunConfig, source: str, out_dir, verbose: bool = True) 
     log = print if verbose else (lambda *a, **k: None)
     started = time.time()
     with tempfile.TemporaryDirectory() as saved:
-        tokenizer, model, context, lengths = _save_streaming(cfg, source, saved)
-        release_freed_memory()  # the Keras model and the graph are gone while converting
+        # The Keras model and the graph live only in the child (build_child.py).
+        built = build_in_child("litertlm", cfg, source, saved)
+        model, context, lengths = built["model"], built["context"], built["lengths"]
         parameters = model["parameters"]
         log(f"Converting the streaming model ({parameters:,} parameters, context {context}, "
             f"prefill {lengths}, {ex.quantization}) ...")
         model_bytes, stored = streaming_tflite(saved, parameters, ex.quantization)
+    tokenizer = load_tokenizer(source)  # vocabulary and merges only, no weights
     runtime = runtime_facts(model_bytes, "litertlm")
     require_runtime(runtime, BUNDLE_RUNTIME, f"the {ex.quantization} bundle's .tflite")
     export_seconds = time.time() - started
@@ -101,14 +103,13 @@ def export_litertlm(cfg: RunConfig, source: str, out_dir, verbose: bool = True) 
     return ExportResult(path=bundle, metrics=metrics, model=model)
 
 
-def _save_streaming(cfg: RunConfig, source: str, folder):
-    """Saves preset `source`'s streaming model in `folder`; returns (tokenizer, model facts,
-    context, prefill lengths). The Keras model and the graph live only in this call, so
-    neither is held while the converter runs (GPT-2 medium: 1.4 GB each)."""
+def build_streaming_model(cfg: RunConfig, source: str, folder) -> dict:
+    """Saves preset `source`'s streaming model as a SavedModel in `folder` (in build_child's
+    process); returns the model facts, the context and the prefill lengths."""
     causal_lm = load_causal_lm(source)
     context, lengths = plan_shapes(cfg, causal_lm.backbone.max_sequence_length)
     save_streaming_model(weights_from_backbone(causal_lm.backbone), context, lengths, folder)
-    return causal_lm.preprocessor.tokenizer, model_facts(causal_lm), context, lengths
+    return {"model": model_facts(causal_lm), "context": context, "lengths": lengths}
 
 
 def _verify(cfg: RunConfig, source: str, bundle, model_path, tokenizer_json, context,

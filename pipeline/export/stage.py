@@ -4,10 +4,10 @@
 `python -m pipeline export`: the teacher (export.preset, else the run's fine-tuned model) goes
 to export/text and export/litertlm; when the run distilled a student, it goes to
 export/student_text and export/student_litertlm; the metrics go to metrics.json under
-"export". Each target loads the model itself and drops it before converting, so the Keras
-model is never held beside the converter (GPT-2 medium: 1.4 GB). Every export folder gets
-manifest.json and MODEL_CARD.md (`handoff`), written before the folder is published: each
-folder appears, or replaces the one before it, whole in one rename.
+"export". Each target builds its graph from the preset in a child process (`build_child`),
+so the exporting process holds no model while the converter's child runs (GPT-2 medium).
+Every export folder gets manifest.json and MODEL_CARD.md (`handoff`), written before the
+folder is published: each folder appears, or replaces the one before it, whole in one rename.
 """
 
 from __future__ import annotations

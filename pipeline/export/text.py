@@ -32,13 +32,13 @@ from pipeline.export.text_graph import TextModel
 from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
 from pipeline.export.row_scales import asymmetric_inputs, scales_in_graph
+from pipeline.export.build_child import build_in_child
 from pipeline.export.convert_child import convert_in_child
 from pipeline.export.tflite import (check_size, lookup_tables, op_report,
                                     outside_stock_runtime, quantize, read_model, tie_embedding,
                                     write_model)
 from pipeline.export.verify import enforce_text, text_parity, text_prompts
 from pipeline.fsutil import atomic_dir, write_json, write_text
-from pipeline.heap import release_freed_memory
 from pipeline.runtime.flex import require_flex, run_in_flex
 from pipeline.train.evaluate import generate_texts
 from pipeline.train.presets import load_causal_lm
@@ -56,15 +56,14 @@ def export_text_model(cfg: RunConfig, source: str, out_dir, verbose: bool = True
     started = time.time()
     if ex.verify:
         require_flex(ex)  # the set-up message comes before any work
-    module, prompts, expected, reference, model = _graph_and_expected(cfg, source)
-    release_freed_memory()  # the Keras model is gone: it is not held while converting
-    parameters = model["parameters"]
-
-    log(f"Converting ({parameters:,} parameters, max_length {ex.max_length}, "
-        f"{ex.sampler} sampling, {ex.quantization}) ...")
+    log(f"Building the text model ({ex.max_length} tokens, {ex.sampler} sampling) ...")
     with tempfile.TemporaryDirectory() as saved:
-        save_text_model(module, saved)
-        del module  # the converter reads the SavedModel: one fewer model in memory
+        # The Keras model and the graph live only in the child (build_child.py).
+        built = build_in_child("text", cfg, source, saved)
+        prompts, expected, reference = built["prompts"], built["expected"], built["reference"]
+        model = built["model"]
+        parameters = model["parameters"]
+        log(f"Converting ({parameters:,} parameters, {ex.quantization}) ...")
         model_bytes, stored, lookups = text_model_tflite(saved, parameters, ex.quantization)
     ops = op_report(model_bytes)
     outside = outside_stock_runtime(ops["select_tf"])
@@ -116,10 +115,17 @@ def export_text_model(cfg: RunConfig, source: str, out_dir, verbose: bool = True
     return ExportResult(path=model_path, metrics=metrics, model=model)
 
 
+def build_text_model(cfg: RunConfig, source: str, folder) -> dict:
+    """Saves preset `source`'s TextModel as a SavedModel in `folder` (in build_child's
+    process); returns the prompts, the expected texts, their reference and the model facts."""
+    module, prompts, expected, reference, model = _graph_and_expected(cfg, source)
+    save_text_model(module, folder)
+    return {"prompts": prompts, "expected": expected, "reference": reference, "model": model}
+
+
 def _graph_and_expected(cfg: RunConfig, source: str):
     """Loads the Keras model; returns (TextModel module, prompts, expected texts, reference,
-    model facts). The Keras model lives only in this call: at GPT-2 medium it is 1.4 GB that
-    the converter's peak would otherwise add to."""
+    model facts)."""
     ex = cfg.export
     causal_lm = load_causal_lm(source)
     limit = causal_lm.backbone.max_sequence_length
