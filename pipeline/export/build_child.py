@@ -13,6 +13,7 @@ while the converter runs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,12 @@ from pathlib import Path
 from pipeline import errors
 from pipeline.config import PROJECT_ROOT, RunConfig, absolute_paths, dump_yaml, load_config
 from pipeline.fsutil import write_json, write_text
+
+
+def cpu_only() -> dict:
+    """A child's environment on the CPU, as the exported files run and are verified: a GPU
+    the notebook's kernel holds (TensorFlow reserves its memory) stays the kernel's."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def build_in_child(target: str, cfg: RunConfig, source: str, saved_model_dir) -> dict:
@@ -33,7 +40,8 @@ def build_in_child(target: str, cfg: RunConfig, source: str, saved_model_dir) ->
         child = subprocess.run(
             [sys.executable, "-m", "pipeline.export.build_child", target, str(config), source,
              str(saved_model_dir), str(facts)],
-            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=cpu_only())
         if child.returncode == 0 and facts.is_file():
             return json.loads(facts.read_text())
         lines = [line for line in child.stderr.strip().splitlines() if line.strip()]

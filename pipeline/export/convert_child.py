@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.errors import PipelineError
+from pipeline.export.build_child import cpu_only
 from pipeline.heap import release_freed_memory
 
 
@@ -31,7 +32,8 @@ def convert_in_child(saved_model_dir, select_tf_ops: bool) -> bytes:
         child = subprocess.run(
             [sys.executable, "-m", "pipeline.export.convert_child", str(saved_model_dir),
              str(out), "select_tf" if select_tf_ops else "builtins"],
-            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=cpu_only())
         if child.returncode != 0 or not out.is_file():
             why = ("was killed (out of memory?)" if child.returncode == -9 else
                    f"failed: {_last_line(child.stderr)}")
