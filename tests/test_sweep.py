@@ -44,8 +44,8 @@ def summary_rows(folder):
     ("config: 3\ngrid:\n  finetune.epochs: [1]\n", "config: expected the path of a config file"),
     # a later point's value is checked before the first point runs
     ("grid:\n  finetune.epochs: [1, [2, 3]]\n", "finetune.epochs: expected an integer, got"),
-    ("points:\n- {export.quantization: int8}\n- {export.quantization: int9}\n",
-     "export.quantization: 'int9' is not one of"),
+    ("points:\n- {export.quantization: int8}\n- {export.quantization: 8}\n",
+     "export.quantization: expected one of none, fp16, int8, int4, got 8"),
 ])
 def test_sweep_file_errors_are_one_line_and_write_nothing(tmp_path, grid, message):
     sweep = tmp_path / "bad.yaml"

@@ -155,9 +155,10 @@ def load_sweep(path) -> Sweep:
     name = spec.get("name") or path.stem
     config_lib.validate(config_lib.RunConfig(name=str(name)))  # a plain folder name
     keys = list(dict.fromkeys(k for v in values for k in v))
-    for v in values:  # every point's config is valid before the first point runs
-        try:
-            config_lib.load_config(None, merged(base, nested(v)))
+    for v in values:  # every point's settings have the right types before the first runs
+        try:  # (an impossible value, e.g. a negative rate, fails its own point: recorded)
+            config_lib.apply_overrides(config_lib.RunConfig(), merged(base, nested(v)),
+                                       "overrides:")
         except ConfigError as e:
             detail = str(e).removeprefix("overrides: ")
             raise ConfigError(f"{where} the point {point_name(v)}: {detail}") from None
