@@ -27,8 +27,7 @@ import tensorflow as tf
 
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import ConfigError
-from pipeline.export.build_child import build_in_child
-from pipeline.export.convert_child import convert_in_child
+from pipeline.export.children import build_in_child, convert_in_child
 from pipeline.export.graph import GPT2Graph, weights_from_backbone
 from pipeline.export.half_cache import half_cache, kv_cache_dtype
 from pipeline.export.handoff import ExportResult, model_facts

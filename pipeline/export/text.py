@@ -32,8 +32,7 @@ from pipeline.export.text_graph import TextModel
 from pipeline.export.op_versions import (STOCK_TEXT_RUNTIME, require_runtime, runtime_facts,
                                          with_computed_versions)
 from pipeline.export.row_scales import asymmetric_inputs, scales_in_graph
-from pipeline.export.build_child import build_in_child
-from pipeline.export.convert_child import convert_in_child
+from pipeline.export.children import build_in_child, convert_in_child
 from pipeline.export.tflite import (check_size, lookup_tables, op_report,
                                     outside_stock_runtime, quantize, read_model, tie_embedding,
                                     write_model)

@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.export.convert_child import convert_in_child
+from pipeline.export.children import convert_in_child
 
 
 def test_a_failed_conversion_is_one_line_naming_the_converter(tmp_path):
