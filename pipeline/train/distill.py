@@ -12,12 +12,20 @@ Teacher logits are computed in the same step for the same batch, so memory stays
 corpus grows. The baseline is the same student architecture and initialisation trained for
 the same steps with alpha = 0 (labels only).
 
+The baseline trains in a child process on a CPU-only host (`baseline_child.py`): a training
+loop leaves gigabytes resident after its models are gone (GPT-2 medium: about 4 GB after the
+teacher and student, held by no Python object), which the baseline's own training would add
+to; the child's memory goes back to the system when it exits. On a GPU or TPU (the kernel
+holds the accelerator) and under multi_worker (the worker's port is the kernel's) it trains in
+process.
+
 Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a keras-hub preset,
 + run_config.yaml), perplexity.png, generations.json; its metrics go to metrics.json.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,10 +37,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from pipeline.config import DistillConfig, RunConfig, accumulation_steps
+from pipeline.config import (DistillConfig, Distribution, RunConfig, absolute_paths,
+                             accumulation_steps, dump_yaml)
 from pipeline.errors import ConfigError
-from pipeline.fsutil import write_json
+from pipeline.fsutil import write_json, write_text
 from pipeline.heap import release_freed_memory
+from pipeline.processes import run_child
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities, write_metrics
 from pipeline.run_folder import RunFolder
@@ -180,8 +190,13 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
         initial = Path(tmp) / "student.weights.h5"
         s = _teacher_and_student(cfg, source, placement, initial, folder, log, verbose)
         release_freed_memory()
-        baseline_losses, ppl_baseline, baseline_seconds = _baseline(
-            cfg, s, placement, initial, verbose)
+        if baseline_in_child(placement):
+            baseline_losses, ppl_baseline, baseline_seconds = _baseline_in_child(
+                cfg, s, initial, verbose)
+        else:
+            baseline_losses, ppl_baseline, baseline_seconds = train_baseline(
+                cfg, s["student_config"], s["preprocessor"], s["train"], s["val"],
+                placement, initial, verbose)
     ppl = {**s["ppl"], "baseline": ppl_baseline}
     speed = s["speed"]
     params = {**s["params"], "baseline": s["params"]["student"]}
@@ -230,10 +245,7 @@ def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
     length = min(ft.sequence_length, teacher_lm.backbone.max_sequence_length)
     preprocessor = teacher_lm.preprocessor
     preprocessor.sequence_length = length
-    corpus = open_corpus(cfg.data, preprocessor.tokenizer, verbose)  # cached
-    train = corpus.windows("train", length, cfg.data.packing)
-    val = corpus.windows("validation", length, cfg.data.packing).sample(
-        cfg.data.validation_tokens)
+    train, val = training_windows(cfg, preprocessor.tokenizer, length, verbose)
     prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
     ppl = {"teacher": perplexity(teacher_lm, val.x, val.y, val.w,
                                  cfg.eval.batch_size)["perplexity"]}
@@ -267,19 +279,50 @@ def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
     }
 
 
-def _baseline(cfg: RunConfig, s: dict, placement, initial: Path,
-              verbose: bool) -> tuple[list[float], float, float]:
+def training_windows(cfg: RunConfig, tokenizer, length: int, verbose: bool):
+    """Returns the training windows and the validation sample at `length` (token cache)."""
+    corpus = open_corpus(cfg.data, tokenizer, verbose)  # cached
+    train = corpus.windows("train", length, cfg.data.packing)
+    val = corpus.windows("validation", length, cfg.data.packing).sample(
+        cfg.data.validation_tokens)
+    return train, val
+
+
+def baseline_in_child(placement) -> bool:
+    """Whether the baseline trains in a child process: on one host's CPU (one device or
+    logical CPU devices), not on a GPU or TPU and not under multi_worker."""
+    return (placement.kind in (Distribution.NONE, Distribution.MIRRORED)
+            and not tf.config.list_physical_devices("GPU"))
+
+
+def train_baseline(cfg: RunConfig, student_config: dict, preprocessor, train, val, placement,
+                   initial: Path, verbose: bool) -> tuple[list[float], float, float]:
     """Trains the labels-only baseline from the student's initial weights; returns its
     losses, its validation perplexity and the training seconds."""
     with placement.strategy.scope():
-        backbone = keras_hub.models.GPT2Backbone.from_config(s["student_config"])
+        backbone = keras_hub.models.GPT2Backbone.from_config(student_config)
         backbone.load_weights(str(initial))
-        baseline_lm = keras_hub.models.GPT2CausalLM(backbone, s["preprocessor"])
+        baseline_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor)
     started = time.time()
-    losses = train_student(baseline_lm, None, s["train"], cfg.distill, 0.0,
+    losses = train_student(baseline_lm, None, train, cfg.distill, 0.0,
                            "baseline (labels only)", verbose, placement.strategy,
                            cfg.finetune.jit_compile)
     seconds = time.time() - started
-    val = s["val"]
     ppl = perplexity(baseline_lm, val.x, val.y, val.w, cfg.eval.batch_size)["perplexity"]
     return losses, ppl, seconds
+
+
+def _baseline_in_child(cfg: RunConfig, s: dict, initial: Path,
+                       verbose: bool) -> tuple[list[float], float, float]:
+    """`train_baseline` in `baseline_child.py`, with the student preset's tokenizer; its
+    progress bar is passed through."""
+    folder = initial.parent
+    config, student, result = (folder / "config.yaml", folder / "student_config.json",
+                               folder / "baseline.json")
+    write_text(config, dump_yaml(absolute_paths(cfg)))
+    write_json(student, s["student_config"])
+    run_child("pipeline.train.baseline_child", str(config), str(s["preset_dir"]),
+              str(student), str(initial), str(result), "1" if verbose else "0",
+              what="training the baseline", show_progress=verbose)
+    r = json.loads(result.read_text())
+    return r["losses"], r["perplexity"], r["seconds"]

@@ -184,3 +184,35 @@ def test_keras_distiller_ignores_padding_so_distill_keeps_its_own_loss():
     ours = loss(teacher_logits, student_logits, labels, padded, 2.0, 0.5)
     assert ours != pytest.approx(loss(teacher_logits, student_logits, labels,
                                       np.ones_like(padded), 2.0, 0.5), rel=1e-3)
+
+
+def test_the_baseline_trains_the_same_in_a_child_process(tiny_preset, tmp_path):
+    """The baseline's child (its memory goes back when it exits) gives the in-process losses
+    and perplexity: same seed, same windows, same initial weights (float32 sums: 1e-5)."""
+    import keras
+    import keras_hub
+
+    from pipeline.train.distill import (_baseline_in_child, baseline_in_child, train_baseline,
+                                        training_windows)
+    from pipeline.train.distribution import place
+    from pipeline.train.presets import load_causal_lm
+
+    cfg = load_config("configs/tiny.yaml", {"distill": {"max_steps": 3, "batch_size": 4}})
+    teacher = load_causal_lm(str(tiny_preset))
+    keras.utils.set_random_seed(cfg.distill.seed)
+    student, _ = build_student(teacher.backbone, cfg.distill)
+    initial = tmp_path / "student.weights.h5"
+    student.save_weights(str(initial))
+    placement = place(cfg.finetune.distribution, cfg.distill.batch_size, "distill")
+    assert baseline_in_child(placement)  # one CPU, no GPU: how make run trains it
+    length = min(cfg.finetune.sequence_length, student.max_sequence_length)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(teacher.preprocessor.tokenizer,
+                                                             sequence_length=length)
+    train, val = training_windows(cfg, preprocessor.tokenizer, length, verbose=False)
+    here = train_baseline(cfg, student.get_config(), preprocessor, train, val, placement,
+                          initial, verbose=False)
+    child = _baseline_in_child(cfg, {"student_config": student.get_config(),
+                                     "preset_dir": tiny_preset}, initial, verbose=False)
+    assert len(child[0]) == len(here[0]) == 3
+    np.testing.assert_allclose(child[0], here[0], rtol=1e-5)
+    assert child[1] == pytest.approx(here[1], rel=1e-5)
