@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Callable, NoReturn
 
 from pipeline import errors
 from pipeline.config import PROJECT_ROOT
@@ -18,13 +19,25 @@ from pipeline.config import PROJECT_ROOT
 _TAIL = 4096  # bytes of the child's stderr kept for its error line
 
 
+def child_main(step: Callable[[list[str]], None]) -> NoReturn:
+    """A child's entry point: runs `step(sys.argv[1:])` and exits 0; a PipelineError is one
+    stderr line `Kind: message` and exit status 2, which `run_child` raises again."""
+    try:
+        step(sys.argv[1:])
+    except errors.PipelineError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
 def run_child(module: str, *args: str, what: str, cpu_only: bool = True,
               show_progress: bool = False) -> None:
     """Runs `python -m module args`; on the CPU when `cpu_only` (a GPU the parent holds,
     TensorFlow having reserved its memory, stays the parent's). With `show_progress` the
     child's stderr (its progress bars) is passed through to ours as it comes. A child's
-    one-line error of a PipelineError kind (its last stderr line, `Kind: message`, exit 2) is
-    raised here as that kind; any other failure as a PipelineError naming `what`."""
+    one-line error of a PipelineError kind (`child_main`: its last stderr line, `Kind:
+    message`, exit 2) is raised here as that kind; any other failure as a PipelineError
+    naming `what`."""
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if cpu_only else {})}
     child = subprocess.Popen([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

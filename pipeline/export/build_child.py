@@ -13,27 +13,20 @@ while the converter runs. `children.build_in_child` starts it.
 
 from __future__ import annotations
 
-import sys
-
-from pipeline import errors
 from pipeline.config import load_config
 from pipeline.fsutil import write_json
+from pipeline.processes import child_main
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     target, config, source, saved_model_dir, facts = argv
     cfg = load_config(config)
-    try:
-        if target == "text":
-            from pipeline.export.text import build_text_model as build
-        else:
-            from pipeline.export.litertlm import build_streaming_model as build
-        write_json(facts, build(cfg, source, saved_model_dir))
-    except errors.PipelineError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if target == "text":
+        from pipeline.export.text import build_text_model as build
+    else:
+        from pipeline.export.litertlm import build_streaming_model as build
+    write_json(facts, build(cfg, source, saved_model_dir))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    child_main(main)

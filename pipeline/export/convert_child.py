@@ -12,17 +12,17 @@ child exits, and the exporting process never holds the converter's copies of the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from pipeline.processes import child_main
 
-def main(argv: list[str]) -> int:
+
+def main(argv: list[str]) -> None:
     from pipeline.export.tflite import convert_saved_model
 
     saved_model_dir, out, ops = argv
     Path(out).write_bytes(convert_saved_model(saved_model_dir, select_tf_ops=ops == "select_tf"))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    child_main(main)

@@ -10,38 +10,31 @@ starts it.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import keras_hub
 
-from pipeline import errors
 from pipeline.config import load_config
 from pipeline.fsutil import write_json
+from pipeline.processes import child_main
 from pipeline.train.distill import train_baseline, training_windows
 from pipeline.train.distribution import place
 from pipeline.train.presets import load_tokenizer
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     config, student_preset, student_config, initial, result, verbose = argv
-    try:
-        cfg = load_config(config)
-        shape = json.loads(Path(student_config).read_text())
-        placement = place(cfg.finetune.distribution, cfg.distill.batch_size, "distill")
-        tokenizer = load_tokenizer(student_preset)
-        length = min(cfg.finetune.sequence_length, shape["max_sequence_length"])
-        preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer,
-                                                                 sequence_length=length)
-        train, val = training_windows(cfg, tokenizer, length, verbose=False)
-        losses, ppl, seconds = train_baseline(cfg, shape, preprocessor, train, val, placement,
-                                              Path(initial), verbose == "1")
-        write_json(result, {"losses": losses, "perplexity": ppl, "seconds": seconds})
-    except errors.PipelineError as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    return 0
+    cfg = load_config(config)
+    shape = json.loads(Path(student_config).read_text())
+    placement = place(cfg.finetune.distribution, cfg.distill.batch_size, "distill")
+    tokenizer = load_tokenizer(student_preset)
+    length = min(cfg.finetune.sequence_length, shape["max_sequence_length"])
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=length)
+    train, val = training_windows(cfg, tokenizer, length, verbose=False)
+    losses, ppl, seconds = train_baseline(cfg, shape, preprocessor, train, val, placement,
+                                          Path(initial), verbose == "1")
+    write_json(result, {"losses": losses, "perplexity": ppl, "seconds": seconds})
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    child_main(main)

@@ -5,8 +5,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.train.distill import (build_student, distillation_loss, student_layer_sources,
-                                    train_student, verdict)
+from pipeline.train.distill import distillation_loss, train_student, verdict
+from pipeline.train.student import build_student, student_layer_sources
 
 LN3 = math.log(3.0)
 
