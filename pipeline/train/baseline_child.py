@@ -3,7 +3,7 @@ student's initial weights, its losses, perplexity and seconds written as JSON. I
 goes back to the system when it exits (see `distill.py`); `distill._baseline_in_child`
 starts it.
 
-    python -m pipeline.train.baseline_child CONFIG_YAML STUDENT_PRESET STUDENT_CONFIG_JSON \\
+    python -m pipeline.train.baseline_child CONFIG_YAML TOKENIZER_PRESET STUDENT_CONFIG_JSON \\
         INITIAL_WEIGHTS RESULT_JSON VERBOSE(0|1)
 """
 
@@ -23,11 +23,11 @@ from pipeline.train.presets import load_tokenizer
 
 
 def main(argv: list[str]) -> None:
-    config, student_preset, student_config, initial, result, verbose = argv
+    config, tokenizer_preset, student_config, initial, result, verbose = argv
     cfg = load_config(config)
     shape = json.loads(Path(student_config).read_text())
     placement = place(cfg.finetune.distribution, cfg.distill.batch_size, "distill")
-    tokenizer = load_tokenizer(student_preset)
+    tokenizer = load_tokenizer(tokenizer_preset)
     length = min(cfg.finetune.sequence_length, shape["max_sequence_length"])
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=length)
     train, val = training_windows(cfg, tokenizer, length, verbose=False)

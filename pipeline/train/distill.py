@@ -9,12 +9,12 @@ Teacher logits are computed in the same step for the same batch, so memory stays
 corpus grows. The baseline is the same student architecture and initialisation trained for
 the same steps with alpha = 0 (labels only).
 
-The baseline trains in a child process on a CPU-only host (`baseline_child.py`): a training
-loop leaves gigabytes resident after its models are gone (GPT-2 medium: about 4 GB after the
-teacher and student, held by no Python object), which the baseline's own training would add
-to; the child's memory goes back to the system when it exits. On a GPU or TPU (the kernel
-holds the accelerator) and under multi_worker (the worker's port is the kernel's) it trains in
-process.
+On a CPU-only host the baseline trains first, in a child process (`baseline_child.py`), while
+this process holds only the teacher and the untrained student: a training loop leaves
+gigabytes resident after its models are gone (GPT-2 medium: this process stayed at 8.7 GB
+after distilling, held by no Python object), so neither training adds to the other's
+memory. On a GPU or TPU (the kernel holds the accelerator) and under multi_worker (the
+worker's port is the kernel's) the baseline trains in process, after the student.
 
 Writes `<run_dir>/distill/` (paths: `RunFolder`): preset/ (the student as a keras-hub preset,
 + run_config.yaml), perplexity.png, generations.json; its metrics go to metrics.json.
@@ -142,20 +142,19 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
     placement = place(cfg.finetune.distribution, d.batch_size, "distill")
     log(placement.line())
     # Each model lives only in the call that uses it (a frame's locals can outlive `del`), so
-    # that at most two are held at once: the teacher and the student while distilling, then
-    # the baseline alone, built from the student's initial weights on disk (GPT-2 medium:
-    # teacher 1.4 GB, each student 0.8 GB, a student's training state 3-4 GB more).
+    # that at most two are held at once (GPT-2 medium: teacher 1.4 GB, each student 0.8 GB,
+    # a student's training state 3-4 GB more). On a CPU-only host the baseline trains first,
+    # in its child, while this process holds the teacher and the untrained student only;
+    # elsewhere it trains here afterwards, built from the student's initial weights on disk.
+    in_child = baseline_in_child(placement)
     with tempfile.TemporaryDirectory(prefix="distill-init-") as tmp:
         initial = Path(tmp) / "student.weights.h5"
-        s = _teacher_and_student(cfg, source, placement, initial, folder, log, verbose)
+        s = _teacher_and_student(cfg, source, placement, initial, in_child, folder, log,
+                                 verbose)
         release_freed_memory()
-        if baseline_in_child(placement):
-            baseline_losses, ppl_baseline, baseline_seconds = _baseline_in_child(
-                cfg, s, initial, verbose)
-        else:
-            baseline_losses, ppl_baseline, baseline_seconds = train_baseline(
-                cfg, s["student_config"], s["preprocessor"], s["train"], s["val"],
-                placement, initial, verbose)
+        baseline_losses, ppl_baseline, baseline_seconds = s["baseline"] or train_baseline(
+            cfg, s["student_config"], s["preprocessor"], s["train"], s["val"], placement,
+            initial, verbose)
     ppl = {**s["ppl"], "baseline": ppl_baseline}
     speed = s["speed"]
     params = {**s["params"], "baseline": s["params"]["student"]}
@@ -195,9 +194,11 @@ def distill(cfg: RunConfig, run_dir, teacher: str | None = None,
 
 
 def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
-                         folder: RunFolder, log, verbose: bool) -> dict:
-    """Loads the teacher, measures it, distills the student from it (its initial weights
-    saved to `initial`), measures and saves the student; returns what the metrics need."""
+                         baseline_first: bool, folder: RunFolder, log, verbose: bool) -> dict:
+    """Loads the teacher, builds the student (its initial weights saved to `initial`), with
+    `baseline_first` trains the baseline in its child, measures the teacher, distills the
+    student, measures and saves it; returns what the metrics need ("baseline": None unless
+    `baseline_first`)."""
     d, ft = cfg.distill, cfg.finetune
     with placement.strategy.scope():
         teacher_lm = load_causal_lm(source)
@@ -205,11 +206,6 @@ def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
     preprocessor = teacher_lm.preprocessor
     preprocessor.sequence_length = length
     train, val = training_windows(cfg, preprocessor.tokenizer, length, verbose)
-    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
-    ppl = {"teacher": perplexity(teacher_lm, val.x, val.y, val.w,
-                                 cfg.eval.batch_size)["perplexity"]}
-    speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens)}
-
     keras.utils.set_random_seed(d.seed)
     with placement.strategy.scope():
         student_backbone, init = build_student(teacher_lm.backbone, d)
@@ -218,6 +214,12 @@ def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
         f"{student_backbone.count_params():,} parameters ({init['init']}"
         f"{', teacher layers ' + str(init['teacher_layers']) if init['teacher_layers'] else ''})")
     student_backbone.save_weights(str(initial))  # the baseline's initialisation
+    baseline = (_baseline_in_child(cfg, source, student_backbone.get_config(), initial, verbose)
+                if baseline_first else None)
+    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else "The"
+    ppl = {"teacher": perplexity(teacher_lm, val.x, val.y, val.w,
+                                 cfg.eval.batch_size)["perplexity"]}
+    speed = {"teacher": decode_tokens_per_second(teacher_lm, prompt, d.speed_tokens)}
     started = time.time()
     losses = train_student(student_lm, teacher_lm, train, d, d.alpha, "distilling", verbose,
                            placement.strategy, ft.jit_compile)
@@ -233,6 +235,7 @@ def _teacher_and_student(cfg: RunConfig, source: str, placement, initial: Path,
         "params": {"teacher": teacher_lm.backbone.count_params(),
                    "student": student_backbone.count_params()},
         "ppl": ppl, "speed": speed, "losses": losses, "train_seconds": train_seconds,
+        "baseline": baseline,
         "generations": evaluate(student_lm, val, cfg.eval, cfg.eval.max_length)["generations"],
         "preset_dir": save_preset(student_lm, folder.student_preset, cfg),
     }
@@ -271,17 +274,17 @@ def train_baseline(cfg: RunConfig, student_config: dict, preprocessor, train, va
     return losses, ppl, seconds
 
 
-def _baseline_in_child(cfg: RunConfig, s: dict, initial: Path,
-                       verbose: bool) -> tuple[list[float], float, float]:
-    """`train_baseline` in `baseline_child.py`, with the student preset's tokenizer; its
-    progress bar is passed through."""
+def _baseline_in_child(cfg: RunConfig, tokenizer_preset: str, student_config: dict,
+                       initial: Path, verbose: bool) -> tuple[list[float], float, float]:
+    """`train_baseline` in `baseline_child.py`, with the tokenizer of `tokenizer_preset`;
+    its progress bar is passed through."""
     folder = initial.parent
     config, student, result = (folder / "config.yaml", folder / "student_config.json",
                                folder / "baseline.json")
     write_text(config, dump_yaml(absolute_paths(cfg)))
-    write_json(student, s["student_config"])
-    run_child("pipeline.train.baseline_child", str(config), str(s["preset_dir"]),
-              str(student), str(initial), str(result), "1" if verbose else "0",
+    write_json(student, student_config)
+    run_child("pipeline.train.baseline_child", str(config), tokenizer_preset, str(student),
+              str(initial), str(result), "1" if verbose else "0",
               what="training the baseline", show_progress=verbose)
     r = json.loads(result.read_text())
     return r["losses"], r["perplexity"], r["seconds"]

@@ -213,8 +213,16 @@ def token_loss_sums(logits_fn, x: dict, y: np.ndarray, w: np.ndarray, batch_size
     return total, count
 
 
+LOGITS_BYTES = 256 * 2**20  # one forward's float32 logits at most (GPT-2, T 192: 6 rows)
+
+
 def perplexity(causal_lm, x: dict, y: np.ndarray, w: np.ndarray, batch_size: int = 32) -> dict:
-    """Returns {"loss", "perplexity"}: mean token cross-entropy over non-padding targets."""
+    """Returns {"loss", "perplexity"}: mean token cross-entropy over non-padding targets.
+    Runs at most `batch_size` rows per forward, fewer where their logits would pass
+    LOGITS_BYTES (at batch 32 and T 192 they are 1.2 GB, and the cross-entropy holds two
+    more of that size: gigabytes beside a GPT-2 medium being distilled)."""
+    row_bytes = 4 * y.shape[-1] * causal_lm.backbone.vocabulary_size
+    rows = max(1, min(batch_size, LOGITS_BYTES // row_bytes))
     return loss_and_perplexity(*token_loss_sums(
-        lambda xb: causal_lm(xb, training=False), x, y, w, batch_size))
+        lambda xb: causal_lm(xb, training=False), x, y, w, rows))
 

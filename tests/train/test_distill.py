@@ -211,8 +211,8 @@ def test_the_baseline_trains_the_same_in_a_child_process(tiny_preset, tmp_path):
     train, val = training_windows(cfg, preprocessor.tokenizer, length, verbose=False)
     here = train_baseline(cfg, student.get_config(), preprocessor, train, val, placement,
                           initial, verbose=False)
-    child = _baseline_in_child(cfg, {"student_config": student.get_config(),
-                                     "preset_dir": tiny_preset}, initial, verbose=False)
+    child = _baseline_in_child(cfg, str(tiny_preset), student.get_config(), initial,
+                               verbose=False)
     assert len(child[0]) == len(here[0]) == 3
     np.testing.assert_allclose(child[0], here[0], rtol=1e-5)
     assert child[1] == pytest.approx(here[1], rel=1e-5)

@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline.train.loop import TrainingStep, attach_optimizer, make_optimizer, token_loss
@@ -48,3 +49,23 @@ def test_micro_batches_give_the_whole_batch_step(tiny_preset):
         assert np.isfinite(loss) and int(lm.optimizer.iterations.numpy()) == 1
         weights.append(lm.backbone.get_layer("token_embedding").get_weights()[0])
     np.testing.assert_allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_perplexity_in_logit_sized_chunks_is_the_whole_batchs(tiny_preset, kitchen_lines,
+                                                              monkeypatch):
+    """Fewer rows per forward where the logits would be large: the same perplexity (float32
+    sums in another order: 1e-6)."""
+    from pipeline.train import loop
+    from pipeline.train.data import tokenize
+
+    causal_lm = load_causal_lm(str(tiny_preset))
+    causal_lm.preprocessor.sequence_length = 32
+    val = tokenize(kitchen_lines[:20], causal_lm.preprocessor)
+    whole = loop.perplexity(causal_lm, val.x, val.y, val.w, batch_size=32)
+    calls, sums = [], loop.token_loss_sums
+    monkeypatch.setattr(loop, "LOGITS_BYTES", 3 * 4 * 32 * causal_lm.backbone.vocabulary_size)
+    monkeypatch.setattr(loop, "token_loss_sums",
+                        lambda f, x, y, w, rows: calls.append(rows) or sums(f, x, y, w, rows))
+    chunked = loop.perplexity(causal_lm, val.x, val.y, val.w, batch_size=32)
+    assert calls == [3]
+    assert chunked["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
