@@ -11,26 +11,20 @@ kernel's.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from pipeline import errors
-from pipeline.config import RunConfig, absolute_paths, dump_yaml
-from pipeline.fsutil import write_text
+from pipeline.config import RunConfig
 from pipeline.heap import release_freed_memory
-from pipeline.processes import run_child
+from pipeline.processes import run_child, run_config_child
 
 
 def build_in_child(target: str, cfg: RunConfig, source: str, saved_model_dir) -> dict:
     """Builds `target`'s SavedModel of preset `source` in `saved_model_dir` in the build
     child; returns the facts it reports (prompts, expected texts, model facts, ...)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config, facts = Path(tmp) / "config.yaml", Path(tmp) / "facts.json"
-        write_text(config, dump_yaml(absolute_paths(cfg)))
-        run_child("pipeline.export.build_child", target, str(config), source,
-                  str(saved_model_dir), str(facts), what=f"building the {target} model")
-        return json.loads(facts.read_text())
+    return run_config_child("pipeline.export.build_child", cfg, target, source,
+                            str(saved_model_dir), what=f"building the {target} model")
 
 
 def convert_in_child(saved_model_dir, select_tf_ops: bool) -> bytes:

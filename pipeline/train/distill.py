@@ -34,11 +34,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from pipeline.config import (DistillConfig, Distribution, RunConfig, absolute_paths,
-                             accumulation_steps, dump_yaml)
-from pipeline.fsutil import write_json, write_text
+from pipeline.config import DistillConfig, Distribution, RunConfig, accumulation_steps
+from pipeline.fsutil import write_json
 from pipeline.heap import release_freed_memory
-from pipeline.processes import run_child
+from pipeline.processes import run_config_child
 from pipeline.train.presets import check_local_preset, load_causal_lm, save_preset
 from pipeline.report import plot_perplexities, write_metrics
 from pipeline.run_folder import RunFolder
@@ -278,13 +277,7 @@ def _baseline_in_child(cfg: RunConfig, tokenizer_preset: str, student_config: di
                        initial: Path, verbose: bool) -> tuple[list[float], float, float]:
     """`train_baseline` in `baseline_child.py`, with the tokenizer of `tokenizer_preset`;
     its progress bar is passed through."""
-    folder = initial.parent
-    config, student, result = (folder / "config.yaml", folder / "student_config.json",
-                               folder / "baseline.json")
-    write_text(config, dump_yaml(absolute_paths(cfg)))
-    write_json(student, student_config)
-    run_child("pipeline.train.baseline_child", str(config), tokenizer_preset, str(student),
-              str(initial), str(result), "1" if verbose else "0",
-              what="training the baseline", show_progress=verbose)
-    r = json.loads(result.read_text())
+    r = run_config_child("pipeline.train.baseline_child", cfg, tokenizer_preset,
+                         json.dumps(student_config), str(initial), "1" if verbose else "0",
+                         what="training the baseline", show_progress=verbose)
     return r["losses"], r["perplexity"], r["seconds"]
